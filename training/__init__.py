@@ -1,0 +1,1 @@
+"""Training of the stamp classifier models (datasets, simulator, models, export)."""

@@ -33,6 +33,7 @@ import cramjam
 import fastavro
 
 from schemas import load_schema
+from worker.avro_skip import Skipper, compile_skipper
 from worker.errors import AlertError, Reason
 
 OCF_MAGIC = b"Obj\x01"
@@ -210,35 +211,47 @@ def _may_be_empty(schema: Any) -> bool:
 
 @dataclass(frozen=True)
 class _Codec:
-    """A parsed writer schema and its projection onto the fields the classifier uses."""
+    """How to read one writer schema: per top-level field, fastavro or a fast skip.
 
-    writer: Any
-    reader: Any
-    top_fields: frozenset[str]
+    ``steps`` holds ``(name, writer, reader, skip)``: a field the classifier reads is
+    decoded by fastavro with its parsed ``writer`` type projected onto ``reader`` (None
+    when nothing is dropped); any other field is jumped over by ``skip``.
+    """
+
+    steps: tuple[tuple[str, Any, Any, Skipper | None], ...]
 
 
 def _build_codec(schema_json: str | bytes) -> _Codec:
     try:
         raw = json.loads(schema_json)
         expanded = fastavro.parse_schema(raw, expand=True)
-        writer = fastavro.parse_schema(raw)
-    except AlertError:
-        raise
     except Exception as exc:  # fastavro raises many types for a bad schema
         raise AlertError(Reason.BAD_SCHEMA, f"writer schema does not parse: {exc}") from exc
     if not isinstance(expanded, dict) or expanded.get("type") != "record":
         raise AlertError(Reason.BAD_SCHEMA, "writer schema is not a record")
     _check_bounded(expanded, set())
-    top = frozenset(f["name"] for f in expanded["fields"])
+    top = {f["name"] for f in expanded["fields"]}
     missing = [n for n in ("objectId", "candid", "candidate") if n not in top]
     if missing:
         raise AlertError(Reason.MISSING_FIELD, f"writer schema has no field(s) {missing}")
-    projected = _project(expanded, _PROJECTION_SPEC, set())
-    try:
-        reader = fastavro.parse_schema(projected)
-    except Exception as exc:
-        raise AlertError(Reason.BAD_SCHEMA, f"writer schema cannot be projected: {exc}") from exc
-    return _Codec(writer=writer, reader=reader, top_fields=top)
+    steps = []
+    for f in expanded["fields"]:
+        name = f["name"]
+        if name not in _PROJECTION_SPEC:
+            steps.append((name, None, None, compile_skipper(f["type"])))
+            continue
+        # Each field is parsed on its own: re-collapse repeated named types first.
+        writer_type = _project(f["type"], None, set())
+        reader_type = _project(f["type"], _PROJECTION_SPEC[name], set())
+        try:
+            writer = fastavro.parse_schema(writer_type)
+            reader = None if reader_type == writer_type else fastavro.parse_schema(reader_type)
+        except Exception as exc:
+            raise AlertError(Reason.BAD_SCHEMA,
+                             f"field {name!r} of the writer schema cannot be projected: "
+                             f"{exc}") from exc
+        steps.append((name, writer, reader, None))
+    return _Codec(steps=tuple(steps))
 
 
 class _LRU:
@@ -393,13 +406,14 @@ class AlertDecoder:
         registry = self.registry
         codec = self._cache.get(("id", schema_id),
                                 lambda: _build_codec(registry.schema_for_id(schema_id)))
-        stream = io.BytesIO(payload)
-        stream.seek(5)
-        alert = self._read_record(stream, codec)
-        if stream.tell() != len(payload):
+        try:
+            record, pos = self._read_record(payload, io.BytesIO(payload), 5, codec)
+        except _RecordError as err:
+            raise err.error from None
+        if pos != len(payload):
             raise AlertError(Reason.CORRUPT_RECORD,
-                             f"{len(payload) - stream.tell()} trailing bytes after the record")
-        return alert
+                             f"{len(payload) - pos} trailing bytes after the record")
+        return _to_alert(record)
 
     def _iter_container(self, buf: bytes) -> Iterator[Alert | AlertError]:
         end = len(buf)
@@ -445,22 +459,25 @@ class AlertDecoder:
     def _read_block(self, block: bytes, count: int, codec: _Codec,
                     index: int) -> list[Alert | AlertError]:
         stream = io.BytesIO(block)
+        pos = 0
         records: list[Alert | AlertError] = []
         for _ in range(count):
             try:
-                records.append(self._read_record(stream, codec))
+                record, pos = self._read_record(block, stream, pos, codec)
+            except _RecordError as err:
+                # The position in the block is lost: the rest of the block is unreadable.
+                if err.at_end:
+                    raise AlertError(Reason.TRUNCATED_CONTAINER,
+                                     f"a record of block {index} runs past the block's end "
+                                     f"({err.error.detail})") from err.error
+                raise err.error from None
+            try:
+                records.append(_to_alert(record))
             except AlertError as err:
-                if err.reason is Reason.CORRUPT_RECORD:
-                    # The stream position is lost: the rest of the block is unreadable.
-                    if stream.tell() >= len(block):
-                        raise AlertError(Reason.TRUNCATED_CONTAINER,
-                                         f"a record of block {index} runs past the block's "
-                                         f"end ({err.detail})") from err
-                    raise
                 records.append(err)  # record-level problem, e.g. a missing cutout
-        if stream.tell() != len(block):
+        if pos != len(block):
             raise AlertError(Reason.CORRUPT_BLOCK,
-                             f"block {index} has {len(block) - stream.tell()} bytes beyond "
+                             f"block {index} has {len(block) - pos} bytes beyond "
                              f"its {count} records")
         return records
 
@@ -490,13 +507,38 @@ class AlertDecoder:
                 meta[key] = buf[pos:pos + val_len]
                 pos += val_len
 
-    def _read_record(self, stream: io.BytesIO, codec: _Codec) -> Alert:
+    def _read_record(self, buf: bytes, stream: io.BytesIO, pos: int,
+                     codec: _Codec) -> tuple[dict[str, Any], int]:
+        """Read one record at ``pos``: (projected fields, next position).
+
+        Malformed bytes raise :class:`_RecordError`.
+        """
+        end = len(buf)
+        record: dict[str, Any] = {}
         try:
-            record = fastavro.schemaless_reader(stream, codec.writer, codec.reader)
+            for name, writer, reader, skip in codec.steps:
+                if skip is not None:
+                    pos = skip(buf, pos, end)
+                else:
+                    stream.seek(pos)
+                    record[name] = fastavro.schemaless_reader(stream, writer, reader)
+                    pos = stream.tell()
+        except AlertError as err:
+            raise _RecordError(err, at_end=pos >= end) from None
         except Exception as exc:  # EOFError, UnicodeDecodeError, IndexError, ValueError...
-            raise AlertError(Reason.CORRUPT_RECORD,
-                             f"record does not decode: {type(exc).__name__}: {exc}") from exc
-        return _to_alert(record)
+            err = AlertError(Reason.CORRUPT_RECORD,
+                             f"record does not decode: {type(exc).__name__}: {exc}")
+            raise _RecordError(err, at_end=stream.tell() >= end) from None
+        return record, pos
+
+
+class _RecordError(Exception):
+    """A record's bytes are malformed (carries the AlertError and where it happened)."""
+
+    def __init__(self, error: AlertError, at_end: bool) -> None:
+        super().__init__(error.detail)
+        self.error = error
+        self.at_end = at_end
 
 
 def _to_alert(record: Mapping[str, Any]) -> Alert:

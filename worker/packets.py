@@ -99,7 +99,8 @@ def build_record(object_id: str, candid: int, candidate: Mapping[str, Any],
 
 def encode_container(records: Sequence[Mapping[str, Any]],
                      codec: Literal["null", "deflate", "snappy", "zstandard"] = "null",
-                     schema: Mapping[str, Any] | None = None) -> bytes:
+                     schema: Mapping[str, Any] | None = None,
+                     sync_marker: bytes | None = None) -> bytes:
     """Write records as an Avro object container (ZTF's encoding: schema embedded).
 
     Parameters
@@ -110,6 +111,9 @@ def encode_container(records: Sequence[Mapping[str, Any]],
         Container block codec.
     schema : Mapping, optional
         Writer schema; the synthetic ZTF schema by default.
+    sync_marker : bytes, optional
+        The container's 16-byte sync marker (random by default; fix it for
+        byte-identical output).
 
     Returns
     -------
@@ -117,7 +121,7 @@ def encode_container(records: Sequence[Mapping[str, Any]],
     """
     out = io.BytesIO()
     parsed = _PARSED if schema is None else fastavro.parse_schema(dict(schema))
-    fastavro.writer(out, parsed, list(records), codec=codec)
+    fastavro.writer(out, parsed, list(records), codec=codec, sync_marker=sync_marker)
     return out.getvalue()
 
 
@@ -190,4 +194,25 @@ def synthetic_alert(seed: int, size: int = 63, nan_pixels: int = 0,
     candid = 2_000_000_000_000_000_000 + seed
     candidate = default_candidate(candid, jd=2460000.5 + seed / 1000.0, **candidate_overrides)
     record = build_record(object_id_for(seed), candid, candidate, stamps)
-    return encode_container([record])
+    return encode_container([record], sync_marker=rng.bytes(16))
+
+
+def _write_demo_alerts(argv: Sequence[str]) -> None:
+    """``python -m worker.packets OUTDIR N``: write N built alerts as .avro files."""
+    from pathlib import Path
+
+    if len(argv) != 2 or not argv[1].isdigit():
+        raise SystemExit("usage: python -m worker.packets OUTDIR N")
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in range(int(argv[1])):
+        # Some with NaN pixels, as real stamps have near bad pixels and edges.
+        payload = synthetic_alert(seed, nan_pixels=30 if seed % 7 == 0 else 0)
+        (out / f"{object_id_for(seed)}.avro").write_bytes(payload)
+    print(f"wrote {argv[1]} alerts to {out}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _write_demo_alerts(sys.argv[1:])

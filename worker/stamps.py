@@ -2,7 +2,8 @@
 
 Decoding reads the FITS header cards directly and maps the data with
 :func:`numpy.frombuffer` (BITPIX 8/16/32/64/-32/-64, BZERO/BSCALE/BLANK, big-endian),
-which is ~40× cheaper than opening the file with astropy and gives identical arrays.
+which is ~15× cheaper than opening the file with astropy (bench/bench_decode.py)
+and gives identical arrays.
 Decompression uses ISA-L (``isal``), about twice as fast as zlib on these stamps, with
 a hard bound on the decompressed size.
 
@@ -21,6 +22,7 @@ from those it was trained on.  Its steps, in order:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,6 +59,9 @@ class StampLimits:
     max_decompressed_bytes: int = 4 * 1024 * 1024
     max_header_blocks: int = 16
     max_axis: int = 1024
+
+
+_DEFAULT_LIMITS = StampLimits()
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ def gunzip_stamp(blob: bytes, limits: StampLimits | None = None) -> bytes:
         ``corrupt_gzip`` (bad or truncated stream, neither gzip nor FITS) or
         ``decompressed_too_large`` (gzip bomb).
     """
-    limits = limits or StampLimits()
+    limits = limits or _DEFAULT_LIMITS
     if blob[:2] != GZIP_MAGIC:
         if blob[:9] == b"SIMPLE  =":
             return bytes(blob)
@@ -184,25 +189,32 @@ def parse_fits(raw: bytes, limits: StampLimits | None = None) -> np.ndarray:
     AlertError
         ``fits_header_invalid`` or ``fits_truncated``.
     """
-    limits = limits or StampLimits()
+    limits = limits or _DEFAULT_LIMITS
     cards: dict[str, str] = {}
     header_end = 0
-    max_len = min(len(raw), limits.max_header_blocks * FITS_BLOCK)
-    text = raw[:max_len].decode("latin-1")
-    for start in range(0, max_len - FITS_CARD + 1, FITS_CARD):
-        card = text[start:start + FITS_CARD]
-        key = card[:8].rstrip()
-        if key == "END":
-            header_end = (start // FITS_BLOCK + 1) * FITS_BLOCK
-            break
-        if card[8:10] == "= " and key not in cards:
-            cards[key] = _card_value(card)
-    else:
-        if len(raw) < limits.max_header_blocks * FITS_BLOCK:
+    first = ""
+    # Decode one 2880-byte block at a time: a stamp's header is one block, its data many.
+    for block_start in range(0, limits.max_header_blocks * FITS_BLOCK, FITS_BLOCK):
+        block = raw[block_start:block_start + FITS_BLOCK]
+        if len(block) < FITS_BLOCK:
             raise AlertError(Reason.FITS_TRUNCATED, f"no END card in {len(raw)} B")
+        text = block.decode("latin-1")
+        if block_start == 0:
+            first = text[:FITS_CARD]
+        for start in range(0, FITS_BLOCK, FITS_CARD):
+            card = text[start:start + FITS_CARD]
+            key = card[:8].rstrip()
+            if key == "END":
+                header_end = block_start + FITS_BLOCK
+                break
+            if card[8:10] == "= " and key not in cards:
+                cards[key] = _card_value(card)
+        if header_end:
+            break
+    else:
         raise AlertError(Reason.FITS_HEADER_INVALID,
                          f"no END card in the first {limits.max_header_blocks} header blocks")
-    if not text.startswith("SIMPLE") or cards.get("SIMPLE") != "T":
+    if not first.startswith("SIMPLE") or cards.get("SIMPLE") != "T":
         raise AlertError(Reason.FITS_HEADER_INVALID, "first card is not SIMPLE = T")
     try:
         bitpix = int(cards["BITPIX"])
@@ -221,7 +233,7 @@ def parse_fits(raw: bytes, limits: StampLimits | None = None) -> np.ndarray:
     if not (1 <= nx <= limits.max_axis and 1 <= ny <= limits.max_axis):
         raise AlertError(Reason.FITS_HEADER_INVALID,
                          f"NAXIS1 × NAXIS2 = {nx} × {ny} outside [1, {limits.max_axis}]")
-    if bscale == 0.0 or not np.isfinite(bscale) or not np.isfinite(bzero):
+    if bscale == 0.0 or not math.isfinite(bscale) or not math.isfinite(bzero):
         raise AlertError(Reason.FITS_HEADER_INVALID, f"BSCALE = {bscale}, BZERO = {bzero}")
     nbytes = nx * ny * abs(bitpix) // 8
     if header_end + nbytes > len(raw):
@@ -286,6 +298,8 @@ def encode_fits_gz(image: np.ndarray, bitpix: int = -32, bscale: float = 1.0,
     header += "END".ljust(FITS_CARD)
     header = header.ljust(-(-len(header) // FITS_BLOCK) * FITS_BLOCK)
     values = np.asarray(image, dtype=np.float64)
+    if bitpix > 0 and not np.isfinite(values).all():
+        raise ValueError("integer BITPIX cannot store non-finite pixels")
     if bitpix > 0:
         values = np.round((values - bzero) / bscale)
     elif bscale != 1.0 or bzero != 0.0:

@@ -33,7 +33,7 @@ import cramjam
 import fastavro
 
 from schemas import load_schema
-from worker.avro_skip import Skipper, compile_skipper
+from worker.avro_skip import Reader, Skipper, compile_record_reader, compile_skipper
 from worker.errors import AlertError, Reason
 
 OCF_MAGIC = b"Obj\x01"
@@ -213,12 +213,13 @@ def _may_be_empty(schema: Any) -> bool:
 class _Codec:
     """How to read one writer schema: per top-level field, fastavro or a fast skip.
 
-    ``steps`` holds ``(name, writer, reader, skip)``: a field the classifier reads is
-    decoded by fastavro with its parsed ``writer`` type projected onto ``reader`` (None
-    when nothing is dropped); any other field is jumped over by ``skip``.
+    ``steps`` holds ``(name, writer, reader, skip, fast)``: a field the classifier reads
+    is decoded by fastavro with its parsed ``writer`` type projected onto ``reader`` (None
+    when nothing is dropped), after trying the ``fast`` regex reader where the type
+    allows one; any other field is jumped over by ``skip``.
     """
 
-    steps: tuple[tuple[str, Any, Any, Skipper | None], ...]
+    steps: tuple[tuple[str, Any, Any, Skipper | None, Reader | None], ...]
 
 
 def _build_codec(schema_json: str | bytes) -> _Codec:
@@ -238,7 +239,7 @@ def _build_codec(schema_json: str | bytes) -> _Codec:
     for f in expanded["fields"]:
         name = f["name"]
         if name not in _PROJECTION_SPEC:
-            steps.append((name, None, None, compile_skipper(f["type"])))
+            steps.append((name, None, None, compile_skipper(f["type"]), None))
             continue
         # Each field is parsed on its own: re-collapse repeated named types first.
         writer_type = _project(f["type"], None, set())
@@ -250,7 +251,9 @@ def _build_codec(schema_json: str | bytes) -> _Codec:
             raise AlertError(Reason.BAD_SCHEMA,
                              f"field {name!r} of the writer schema cannot be projected: "
                              f"{exc}") from exc
-        steps.append((name, writer, reader, None))
+        spec = _PROJECTION_SPEC[name]
+        fast = compile_record_reader(f["type"], frozenset(spec)) if spec else None
+        steps.append((name, writer, reader, None, fast))
     return _Codec(steps=tuple(steps))
 
 
@@ -516,13 +519,18 @@ class AlertDecoder:
         end = len(buf)
         record: dict[str, Any] = {}
         try:
-            for name, writer, reader, skip in codec.steps:
+            for name, writer, reader, skip, fast in codec.steps:
                 if skip is not None:
                     pos = skip(buf, pos, end)
-                else:
-                    stream.seek(pos)
-                    record[name] = fastavro.schemaless_reader(stream, writer, reader)
-                    pos = stream.tell()
+                    continue
+                if fast is not None:
+                    found, value, pos = fast(buf, pos, end)
+                    if found:
+                        record[name] = value
+                        continue
+                stream.seek(pos)
+                record[name] = fastavro.schemaless_reader(stream, writer, reader)
+                pos = stream.tell()
         except AlertError as err:
             raise _RecordError(err, at_end=pos >= end) from None
         except Exception as exc:  # EOFError, UnicodeDecodeError, IndexError, ValueError...

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from isal import isal_zlib
@@ -168,28 +168,29 @@ def _card_value(card: str) -> str:
     return value.split("/", 1)[0].strip()
 
 
-def parse_fits(raw: bytes, limits: StampLimits | None = None) -> np.ndarray:
-    """Read the primary image of a FITS file into a float32 array.
+class _Header(NamedTuple):
+    """The keywords of a stamp's header that decoding needs."""
 
-    Parameters
-    ----------
-    raw : bytes
-        An uncompressed FITS file whose primary HDU is a 2-D image.
-    limits : StampLimits, optional
-        Bounds on header size and image axes.
+    end: int
+    bitpix: int
+    nx: int
+    ny: int
+    bscale: float
+    bzero: float
+    blank: int | None
 
-    Returns
-    -------
-    numpy.ndarray
-        Shape (NAXIS2, NAXIS1), float32, physical values ``BZERO + BSCALE × raw``;
-        integer pixels equal to ``BLANK`` become NaN (as astropy does).
 
-    Raises
-    ------
-    AlertError
-        ``fits_header_invalid`` or ``fits_truncated``.
-    """
-    limits = limits or _DEFAULT_LIMITS
+# Stamps of one survey share a handful of headers (ZTF: one per shape), so parsed
+# single-block headers are kept by their bytes; bounded against hostile variety.
+_HEADER_CACHE: dict[bytes, _Header] = {}
+_HEADER_CACHE_SIZE = 256
+
+
+def _parse_header(raw: bytes, limits: StampLimits) -> _Header:
+    first_block = raw[:FITS_BLOCK]
+    cached = _HEADER_CACHE.get(first_block)
+    if cached is not None:
+        return cached
     cards: dict[str, str] = {}
     header_end = 0
     first = ""
@@ -217,24 +218,60 @@ def parse_fits(raw: bytes, limits: StampLimits | None = None) -> np.ndarray:
     if not first.startswith("SIMPLE") or cards.get("SIMPLE") != "T":
         raise AlertError(Reason.FITS_HEADER_INVALID, "first card is not SIMPLE = T")
     try:
-        bitpix = int(cards["BITPIX"])
+        header = _Header(
+            end=header_end,
+            bitpix=int(cards["BITPIX"]),
+            nx=int(cards.get("NAXIS1", "0")),
+            ny=int(cards.get("NAXIS2", "0")),
+            bscale=float(cards.get("BSCALE", "1").replace("D", "E")),
+            bzero=float(cards.get("BZERO", "0").replace("D", "E")),
+            blank=int(cards["BLANK"]) if "BLANK" in cards else None,
+        )
         naxis = int(cards["NAXIS"])
-        nx = int(cards.get("NAXIS1", "0"))
-        ny = int(cards.get("NAXIS2", "0"))
-        bscale = float(cards.get("BSCALE", "1").replace("D", "E"))
-        bzero = float(cards.get("BZERO", "0").replace("D", "E"))
-        blank = int(cards["BLANK"]) if "BLANK" in cards else None
     except (KeyError, ValueError) as exc:
         raise AlertError(Reason.FITS_HEADER_INVALID, f"bad or missing keyword: {exc}") from exc
-    if bitpix not in _BITPIX_DTYPES:
-        raise AlertError(Reason.FITS_HEADER_INVALID, f"BITPIX = {bitpix} is not a FITS value")
+    if header.bitpix not in _BITPIX_DTYPES:
+        raise AlertError(Reason.FITS_HEADER_INVALID,
+                         f"BITPIX = {header.bitpix} is not a FITS value")
     if naxis != 2:
         raise AlertError(Reason.FITS_HEADER_INVALID, f"NAXIS = {naxis}, a stamp has 2 axes")
+    if (header.bscale == 0.0 or not math.isfinite(header.bscale)
+            or not math.isfinite(header.bzero)):
+        raise AlertError(Reason.FITS_HEADER_INVALID,
+                         f"BSCALE = {header.bscale}, BZERO = {header.bzero}")
+    if header_end == FITS_BLOCK:
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[first_block] = header
+    return header
+
+
+def parse_fits(raw: bytes, limits: StampLimits | None = None) -> np.ndarray:
+    """Read the primary image of a FITS file into a float32 array.
+
+    Parameters
+    ----------
+    raw : bytes
+        An uncompressed FITS file whose primary HDU is a 2-D image.
+    limits : StampLimits, optional
+        Bounds on header size and image axes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (NAXIS2, NAXIS1), float32, physical values ``BZERO + BSCALE × raw``;
+        integer pixels equal to ``BLANK`` become NaN (as astropy does).
+
+    Raises
+    ------
+    AlertError
+        ``fits_header_invalid`` or ``fits_truncated``.
+    """
+    limits = limits or _DEFAULT_LIMITS
+    header_end, bitpix, nx, ny, bscale, bzero, blank = _parse_header(raw, limits)
     if not (1 <= nx <= limits.max_axis and 1 <= ny <= limits.max_axis):
         raise AlertError(Reason.FITS_HEADER_INVALID,
                          f"NAXIS1 × NAXIS2 = {nx} × {ny} outside [1, {limits.max_axis}]")
-    if bscale == 0.0 or not math.isfinite(bscale) or not math.isfinite(bzero):
-        raise AlertError(Reason.FITS_HEADER_INVALID, f"BSCALE = {bscale}, BZERO = {bzero}")
     nbytes = nx * ny * abs(bitpix) // 8
     if header_end + nbytes > len(raw):
         raise AlertError(Reason.FITS_TRUNCATED,
@@ -243,10 +280,9 @@ def parse_fits(raw: bytes, limits: StampLimits | None = None) -> np.ndarray:
     data = np.frombuffer(raw, dtype=_BITPIX_DTYPES[bitpix], count=nx * ny,
                          offset=header_end).reshape(ny, nx)
     if bitpix < 0:
-        out = data.astype(np.float32)
         if bscale != 1.0 or bzero != 0.0:
-            out = (data.astype(np.float64) * bscale + bzero).astype(np.float32)
-        return out
+            return (data.astype(np.float64) * bscale + bzero).astype(np.float32)
+        return data.astype(np.float32)
     # Same arithmetic as astropy: float32 for 8/16-bit, float64 for 32/64-bit integers.
     work = data.astype(np.float32 if bitpix in (8, 16) else np.float64)
     if bscale != 1.0:

@@ -220,8 +220,9 @@ _PRIMITIVE_DECODERS: dict[str, Callable[[bytes], Any]] = {
 
 
 def _value_decoder(schema: Any) -> Callable[[bytes], Any] | None:
-    """Decoder of one matched value, or None where fastavro must decide (logical types,
-    enums, bytes, nested records): the fast reader then defers to fastavro.
+    """Decoder of one matched value, or None where fastavro must decide.
+
+    Logical types, enums, bytes and nested records are left to fastavro.
     """
     if isinstance(schema, str):
         return _PRIMITIVE_DECODERS.get(schema)

@@ -318,15 +318,55 @@ def _decompress_block(codec: str, data: bytes, limit: int) -> bytes:
                 raise AlertError(Reason.CORRUPT_BLOCK, "snappy block CRC32 mismatch")
             return out
         if codec == "zstandard":
-            out = bytes(cramjam.zstd.decompress(data))
-            if len(out) > limit:
-                raise AlertError(Reason.BLOCK_TOO_LARGE, f"zstandard block inflates past {limit} B")
-            return out
+            return _inflate_zstd(data, limit)
     except AlertError:
         raise
     except Exception as exc:  # zlib.error, cramjam.DecompressionError, ...
         raise AlertError(Reason.CORRUPT_BLOCK, f"{codec} block does not decompress: {exc}") from exc
     raise AlertError(Reason.UNSUPPORTED_CODEC, f"container codec {codec!r} is not supported")
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_UNDECLARED_RATIO = 64
+
+
+def _zstd_content_size(data: bytes) -> int | None:
+    """The content size a zstandard frame header declares (None when it declares none)."""
+    if len(data) < 6 or data[:4] != _ZSTD_MAGIC:
+        raise AlertError(Reason.CORRUPT_BLOCK, "zstandard block does not start with a frame")
+    descriptor = data[4]
+    fcs_flag, single_segment, dict_flag = descriptor >> 6, descriptor >> 5 & 1, descriptor & 3
+    fcs_bytes = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if fcs_bytes == 0:
+        return None
+    start = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    field = data[start:start + fcs_bytes]
+    if len(field) < fcs_bytes:
+        raise AlertError(Reason.CORRUPT_BLOCK, "zstandard frame header is truncated")
+    return int.from_bytes(field, "little") + (256 if fcs_bytes == 2 else 0)
+
+
+def _inflate_zstd(data: bytes, limit: int) -> bytes:
+    """Inflate a zstandard block into a buffer sized before any byte is produced.
+
+    The buffer is the size the frame declares, or — for streams that declare none — at
+    most 64 times the compressed size: a bomb fails to fit instead of filling memory.
+    """
+    declared = _zstd_content_size(data)
+    capacity = declared if declared is not None else min(
+        limit, max(1 << 20, _ZSTD_UNDECLARED_RATIO * len(data)))
+    if capacity > limit:
+        raise AlertError(Reason.BLOCK_TOO_LARGE,
+                         f"zstandard block declares {capacity} B, limit {limit} B")
+    buffer = bytearray(capacity)
+    try:
+        size = cramjam.zstd.decompress_into(data, buffer)
+    except cramjam.DecompressionError as exc:
+        if "whole buffer" in str(exc):
+            raise AlertError(Reason.BLOCK_TOO_LARGE,
+                             f"zstandard block inflates past {capacity} B") from exc
+        raise
+    return bytes(memoryview(buffer)[:size])
 
 
 # --------------------------------------------------------------------------- decoder

@@ -74,7 +74,8 @@ def ecliptic_galactic(ra: float, dec: float) -> tuple[float, float, float, float
 
 def _number(value: Any) -> float:
     """A candidate value as float, NaN when missing (null, non-finite, -999 sentinel)."""
-    if value is None or isinstance(value, (str, bytes)):
+    # A writer schema may give a field another type (string, array...): not a number.
+    if not isinstance(value, (int, float)):
         return math.nan
     number = float(value)
     if not math.isfinite(number) or number == MISSING_SENTINEL:

@@ -391,7 +391,7 @@ def place_on_grid(stamp: np.ndarray, size: int, xpos: float | None, ypos: float 
         if missing == 0:
             pads.append((0, 0))
             continue
-        if pos is None or not np.isfinite(pos):
+        if not isinstance(pos, (int, float)) or not math.isfinite(pos):
             raise AlertError(Reason.STAMP_SHAPE,
                              f"stamp is {ny}×{nx} and {axis} is unknown: cannot tell which "
                              "side the CCD edge cut")
@@ -434,7 +434,15 @@ def preprocess_stamps(stamps: Sequence[np.ndarray], crop_size: int = 21) -> np.n
             raise AlertError(Reason.ALL_NAN, f"{'/'.join(names)} crop has no finite pixel")
         image[~finite] = 0.0
     low = image.min(axis=(0, 1))
-    span = image.max(axis=(0, 1)) - low
+    with np.errstate(over="ignore"):
+        span = image.max(axis=(0, 1)) - low
+    if not np.isfinite(span).all():
+        # Finite pixels near ±3.4e38 (a corrupt but well-formed stamp): the range
+        # overflows float32, so normalize those stamps in float64.
+        wide = image.astype(np.float64)
+        low64 = wide.min(axis=(0, 1))
+        span64 = wide.max(axis=(0, 1)) - low64
+        return ((wide - low64) / np.where(span64 > 0, span64, 1.0)).astype(np.float32)
     image -= low
     # A constant stamp has span 0: leave it all zeros instead of dividing by zero.
     np.divide(image, span, out=image, where=span > 0)

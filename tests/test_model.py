@@ -1,0 +1,114 @@
+"""worker.model: loading artifacts, refusing the ones the worker cannot honour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from training.models import build_baseline, build_rotinv
+from worker.features import FEATURE_NAMES
+from worker.model import CLASS_NAMES, ModelError, StampModel, default_model_path
+from worker.stamps import PreprocessConfig
+
+
+def _artifact(path: Path, model: keras.Model, inputs: list[str], **overrides) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save(path / "model.keras")
+    manifest = {
+        "format": 1, "name": model.name, "version": "test", "class_names": list(CLASS_NAMES),
+        "preprocessing": PreprocessConfig().as_dict(), "inputs": inputs,
+        "features": {"names": list(FEATURE_NAMES), "mean": [1.0] * len(FEATURE_NAMES),
+                     "std": [2.0] * len(FEATURE_NAMES)},
+    }
+    manifest.update(overrides)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rotinv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    keras.utils.set_random_seed(0)
+    return _artifact(tmp_path_factory.mktemp("m") / "rotinv", build_rotinv(),
+                     ["image", "features"])
+
+
+def test_load_and_predict(rotinv_dir: Path) -> None:
+    model = StampModel.load(rotinv_dir)
+    assert model.name == "rotinv" and model.image_shape == (21, 21, 3)
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 21, 21, 3)).astype(np.float32)
+    features = rng.normal(size=(5, len(FEATURE_NAMES))).astype(np.float32)
+    features[0, 3] = np.nan
+    probs = model.predict(images, features)
+    assert probs.shape == (5, 5) and probs.dtype == np.float32 and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    # Features are standardized with the manifest's statistics before the model sees them.
+    inputs = model.model_inputs(images, features)
+    assert inputs["features"][1, 0] == pytest.approx((features[1, 0] - 1) / 2)
+    assert inputs["features"][0, 3] == 0.0
+    # A 90° rotation of the stamps does not change the rotation-invariant model's output.
+    rotated = model.predict(np.rot90(images, 1, axes=(1, 2)).copy(), features)
+    np.testing.assert_allclose(rotated, probs, atol=1e-6)
+    assert model.predict(images[:0], features[:0]).shape == (0, 5)
+
+
+def test_baseline_ignores_features(tmp_path: Path) -> None:
+    model = StampModel.load(_artifact(tmp_path / "b", build_baseline(), ["image"]))
+    images = np.random.default_rng(1).random((3, 21, 21, 3)).astype(np.float32)
+    a = model.predict(images, np.zeros((3, len(FEATURE_NAMES)), np.float32))
+    b = model.predict(images, np.ones((3, len(FEATURE_NAMES)), np.float32))
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"preprocessing": {**PreprocessConfig().as_dict(), "version": "99"}},
+     "preprocessing version 99"),
+    ({"class_names": ["SN", "AGN", "VS", "asteroid", "bogus"]}, "classes"),
+    ({"inputs": ["image"]}, "model inputs"),
+    ({"inputs": ["pixels"]}, "unknown model inputs"),
+    ({"features": {"names": ["x"], "mean": [0], "std": [1]}}, "metadata features"),
+    ({"class_names": None}, "malformed"),
+])
+def test_refused_manifests(rotinv_dir: Path, tmp_path: Path, change: dict, message: str) -> None:
+    target = tmp_path / "a"
+    target.mkdir()
+    (target / "model.keras").write_bytes((rotinv_dir / "model.keras").read_bytes())
+    manifest = json.loads((rotinv_dir / "manifest.json").read_text())
+    manifest.update(change)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):
+        StampModel.load(target)
+
+
+def test_missing_or_broken_files(tmp_path: Path, rotinv_dir: Path) -> None:
+    with pytest.raises(ModelError, match="missing"):
+        StampModel.load(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    (broken / "model.keras").write_bytes(b"zip?")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        StampModel.load(broken)
+    (broken / "manifest.json").write_text((rotinv_dir / "manifest.json").read_text())
+    with pytest.raises(ModelError, match="safe mode"):
+        StampModel.load(broken)
+
+
+def test_lambda_layers_are_refused(tmp_path: Path) -> None:
+    image = keras.Input((21, 21, 3), name="image")
+    x = keras.layers.Lambda(lambda t: t * 2)(image)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model({"image": image}, keras.layers.Dense(5, activation="softmax")(x))
+    with pytest.raises(ModelError, match="safe mode"):
+        StampModel.load(_artifact(tmp_path / "l", model, ["image"]))
+
+
+def test_bundled_default_model_loads() -> None:
+    if not (default_model_path() / "manifest.json").is_file():
+        pytest.skip("no bundled model in this checkout")
+    model = StampModel.load()
+    assert model.manifest.raw["metrics"]["test"]["accuracy"] > 0.5

@@ -1,0 +1,127 @@
+"""``stamp-train``: make datasets and train model artifacts.
+
+Subcommands
+-----------
+convert
+    One-time conversion of the ALeRCE stamp pickle to the safe ``.npz`` format.  A
+    pickle runs code when loaded: this is the only command that loads one, and only
+    with ``--i-trust-this-pickle``.
+simulate
+    Write a simulated labelled dataset (``.npz``).
+train
+    Train a model on an ``.npz`` dataset (or freshly simulated data) and write the
+    artifact directory (``model.keras``, ``manifest.json``, ``report/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from training.data import DatasetError, StampDataset, load_alerce_pickle, load_npz, save_npz
+from worker.features import metadata_features
+
+
+def simulated_dataset(n: int, seed: int, balanced: bool = False) -> StampDataset:
+    """A :class:`StampDataset` from the simulator (features from its candidates)."""
+    from training.simulator import SEED_CLASS_FRACTIONS, simulate
+
+    sim = simulate(n, seed, class_fractions=None if balanced else SEED_CLASS_FRACTIONS)
+    features = np.stack([metadata_features(c) for c in sim.candidates]).astype(np.float32)
+    return StampDataset(sim.images, sim.labels.astype(np.int64), features)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if not args.i_trust_this_pickle:
+        raise SystemExit("stamp-train convert: loading a pickle runs code from the file; "
+                         "add --i-trust-this-pickle if you trust it")
+    dataset, dropped = load_alerce_pickle(args.pickle)
+    path = save_npz(dataset, args.out)
+    print(f"wrote {path}: {len(dataset)} examples {dataset.class_counts()}, "
+          f"{dropped} non-square dropped")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    dataset = simulated_dataset(args.n, args.seed, args.balanced)
+    path = save_npz(dataset, args.out)
+    print(f"wrote {path}: {len(dataset)} examples {dataset.class_counts()}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, print_summary, train
+
+    try:
+        config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                             seed=args.seed, patience=args.patience,
+                             val_per_class=args.val_per_class,
+                             test_per_class=args.test_per_class, crop_size=args.crop_size,
+                             entropy_beta=args.entropy_beta, learning_rate=args.learning_rate,
+                             version=args.version)
+    except ValueError as exc:
+        raise SystemExit(f"stamp-train train: {exc}") from exc
+    if args.data:
+        dataset = load_npz(args.data)
+        source = str(args.data)
+    else:
+        dataset = simulated_dataset(args.simulate, args.sim_seed)
+        source = f"training.simulator.simulate(n={args.simulate}, seed={args.sim_seed})"
+    print(f"data: {source}: {len(dataset)} examples {dataset.class_counts()}")
+    verbose = 1 if sys.stderr.isatty() else 2
+    manifest = train(dataset, config, args.out, data_source=source, verbose=verbose)
+    print_summary(manifest)
+    print(f"artifact: {args.out} (report in {args.out}/report/)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``stamp-train`` command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="stamp-train", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("convert", help="ALeRCE pickle → safe .npz (loads a pickle: runs its "
+                       "code; needs --i-trust-this-pickle)")
+    p.add_argument("pickle", help="ALERCE_stamps_2020.pkl or a file of the same layout")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--i-trust-this-pickle", action="store_true",
+                   help="confirm that the pickle comes from a source you trust")
+    p.set_defaults(run=_convert)
+    p = sub.add_parser("simulate", help="write a simulated labelled dataset (.npz)")
+    p.add_argument("--n", type=int, default=30000, help="number of examples")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--balanced", action="store_true",
+                   help="equal classes instead of the seed's imbalance (SN ≈ 3 %%)")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.set_defaults(run=_simulate)
+    p = sub.add_parser("train", help="train and export a model artifact")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=".npz dataset (from convert or simulate)")
+    source.add_argument("--simulate", type=int, metavar="N",
+                        help="train on N freshly simulated examples")
+    p.add_argument("--sim-seed", type=int, default=1, help="simulator seed for --simulate")
+    p.add_argument("--model", choices=("baseline", "rotinv"), default="rotinv")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="split/augmentation/initialization")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience")
+    p.add_argument("--val-per-class", type=int, default=100)
+    p.add_argument("--test-per-class", type=int, default=200)
+    p.add_argument("--crop-size", type=int, default=21)
+    p.add_argument("--entropy-beta", type=float, default=0.0,
+                   help="entropy regularization weight (0 = plain cross-entropy)")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--version", default="1", help="artifact version string")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.set_defaults(run=_train)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except DatasetError as exc:
+        raise SystemExit(f"stamp-train {args.command}: {exc}") from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The two stamp classifier architectures (Keras 3, backend-neutral).
+
+``baseline``
+    Table 2 of the ALeRCE stamp classifier seed: conv16-3, conv32-3, maxpool, conv64-3,
+    conv128-3, maxpool, flatten, FC100, dropout, FC5 — 149,245 parameters at 21×21×3
+    ('valid' convolutions: 21 → 19 → 17 → 8 → 6 → 4 → 2, so the flatten is 2×2×128).
+``rotinv``
+    Rotation-invariant CNN: the four 90° rotations of the stamp go through one shared
+    convolutional trunk, the trunk's dense features are averaged over the rotations
+    (cyclic average pooling), concatenated with the standardized alert metadata
+    features, and classified by a dense head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+from worker.layers import CyclicAveragePool, RotationStack
+
+N_CLASSES = 5
+
+
+def build_baseline(input_shape: tuple[int, int, int] = (21, 21, 3),
+                   n_classes: int = N_CLASSES, dropout: float = 0.5) -> keras.Model:
+    """The seed's baseline CNN (image input only).
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        (crop, crop, channels) of the preprocessed stamps.
+    n_classes : int
+        Number of output classes.
+    dropout : float
+        Dropout rate before the last layer.
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``{"image"}``, output softmax probabilities (N, n_classes).
+    """
+    image = keras.Input(input_shape, name="image")
+    x = layers.Conv2D(16, 3, activation="relu")(image)
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
+    x = layers.Conv2D(128, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(100, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    probs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model({"image": image}, probs, name="baseline")
+
+
+def build_rotinv(input_shape: tuple[int, int, int] = (21, 21, 3), n_features: int = 26,
+                 n_classes: int = N_CLASSES, dropout: float = 0.5) -> keras.Model:
+    """The rotation-invariant CNN with a metadata branch.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        (crop, crop, channels) of the preprocessed stamps; crop must be square.
+    n_features : int
+        Length of the standardized metadata feature vector.
+    n_classes : int
+        Number of output classes.
+    dropout : float
+        Dropout rate in the dense head.
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``{"image", "features"}``, output softmax probabilities (N, n_classes).
+    """
+    image = keras.Input(input_shape, name="image")
+    features = keras.Input((n_features,), name="features")
+    trunk = keras.Sequential([
+        keras.Input(input_shape),
+        layers.ZeroPadding2D(3),
+        layers.Conv2D(32, 4, activation="relu"),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(64, activation="relu"),
+    ], name="shared_trunk")
+    pooled = CyclicAveragePool(name="cyclic_average")(trunk(RotationStack(name="rotations")(image)))
+    x = layers.Concatenate(name="with_metadata")([pooled, features])
+    x = layers.Dense(64, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(64, activation="relu")(x)
+    probs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model({"image": image, "features": features}, probs, name="rotinv")
+
+
+BUILDERS: dict[str, Callable[..., keras.Model]] = {
+    "baseline": build_baseline,
+    "rotinv": build_rotinv,
+}
+MODEL_INPUTS: dict[str, tuple[str, ...]] = {
+    "baseline": ("image",),
+    "rotinv": ("image", "features"),
+}

@@ -1,0 +1,218 @@
+"""The model artifact: a ``.keras`` file plus ``manifest.json``, loaded and run by the worker.
+
+An artifact directory holds::
+
+    model.keras      the Keras 3 model (custom layers from worker.layers only)
+    manifest.json    name, version, class names in order, preprocessing version and
+                     parameters, model inputs, feature names and standardization
+                     statistics, training data fingerprint, test metrics
+
+:meth:`StampModel.load` refuses an artifact whose preprocessing version this worker does
+not implement, whose classes or features differ from the worker's, or that needs
+unsafe deserialization (Keras safe mode stays on).  :meth:`StampModel.predict` takes the
+preprocessed images and *raw* feature vectors, standardizes the features with the
+manifest's statistics (:func:`worker.features.standardize`) and returns probabilities.
+The code uses Keras 3 only, so the same artifact runs with ``KERAS_BACKEND`` set to
+``tensorflow`` (default) or ``jax``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.features import FEATURE_NAMES, standardize
+from worker.stamps import PREPROCESSING_VERSION, PreprocessConfig
+
+CLASS_NAMES: tuple[str, ...] = ("AGN", "SN", "VS", "asteroid", "bogus")
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.keras"
+MANIFEST_FORMAT = 1
+
+
+class ModelError(RuntimeError):
+    """A model artifact cannot be used (the message says what is wrong and what to do)."""
+
+
+def default_model_path() -> Path:
+    """The artifact bundled with the worker (trained on simulated stamps; see README)."""
+    return Path(str(files("worker").joinpath("models", "default")))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a model artifact promises about its inputs and outputs.
+
+    Attributes
+    ----------
+    name, version : str
+        Model name (``baseline``, ``rotinv``) and artifact version.
+    class_names : tuple of str
+        Output order of the probabilities.
+    preprocessing : dict
+        :meth:`worker.stamps.PreprocessConfig.as_dict` of the training data.
+    inputs : tuple of str
+        ``("image",)`` or ``("image", "features")``.
+    feature_names : tuple of str
+        Order of the raw feature vector.
+    feature_mean, feature_std : tuple of float
+        Standardization statistics measured on the training set.
+    raw : dict
+        The whole manifest (fingerprint, metrics, training parameters...).
+    """
+
+    name: str
+    version: str
+    class_names: tuple[str, ...]
+    preprocessing: dict[str, Any]
+    inputs: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    feature_mean: tuple[float, ...]
+    feature_std: tuple[float, ...]
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Manifest:
+        """Validate a parsed manifest against what this worker implements."""
+        try:
+            manifest = cls(
+                name=str(data["name"]), version=str(data["version"]),
+                class_names=tuple(data["class_names"]),
+                preprocessing=dict(data["preprocessing"]), inputs=tuple(data["inputs"]),
+                feature_names=tuple(data["features"]["names"]),
+                feature_mean=tuple(float(v) for v in data["features"]["mean"]),
+                feature_std=tuple(float(v) for v in data["features"]["std"]), raw=data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: manifest is incomplete or malformed ({exc!r})") from exc
+        version = str(manifest.preprocessing.get("version"))
+        if version != PREPROCESSING_VERSION:
+            raise ModelError(f"{where}: model needs preprocessing version {version}, this "
+                             f"worker implements {PREPROCESSING_VERSION}; use a matching "
+                             "worker release or retrain the model")
+        if manifest.class_names != CLASS_NAMES:
+            raise ModelError(f"{where}: classes {manifest.class_names} are not the worker's "
+                             f"{CLASS_NAMES}")
+        if manifest.inputs not in (("image",), ("image", "features")):
+            raise ModelError(f"{where}: unknown model inputs {manifest.inputs}")
+        if "features" in manifest.inputs and (
+                manifest.feature_names != FEATURE_NAMES
+                or len(manifest.feature_mean) != len(FEATURE_NAMES)
+                or len(manifest.feature_std) != len(FEATURE_NAMES)):
+            raise ModelError(f"{where}: metadata features differ from this worker's "
+                             f"{FEATURE_NAMES}")
+        return manifest
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """The preprocessing the model was trained with."""
+        p = self.preprocessing
+        return PreprocessConfig(crop_size=int(p["crop_size"]), stamp_size=int(p["stamp_size"]),
+                                non_square=p["non_square"])
+
+
+class StampModel:
+    """A loaded, warmed-up classifier.
+
+    Use :meth:`load`; predictions come from :meth:`predict`.
+    """
+
+    def __init__(self, keras_model: Any, manifest: Manifest, path: Path) -> None:
+        self._model = keras_model
+        self.manifest = manifest
+        self.path = path
+        self.preprocess = manifest.preprocess_config()
+        self._mean = np.asarray(manifest.feature_mean, np.float32)
+        self._std = np.asarray(manifest.feature_std, np.float32)
+
+    @property
+    def name(self) -> str:
+        """Model name from the manifest."""
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        """Artifact version from the manifest."""
+        return self.manifest.version
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, warm_up: bool = True) -> StampModel:
+        """Load an artifact directory (default: the bundled model).
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            Artifact directory holding ``model.keras`` and ``manifest.json``.
+        warm_up : bool
+            Run one prediction so the first real batch does not pay for tracing.
+
+        Raises
+        ------
+        ModelError
+            Missing files, a manifest this worker cannot honour, or a model file that
+            does not load in safe mode or does not match its manifest.
+        """
+        path = Path(path) if path is not None else default_model_path()
+        manifest_path, model_path = path / MANIFEST, path / MODEL_FILE
+        for needed in (manifest_path, model_path):
+            if not needed.is_file():
+                raise ModelError(f"{needed}: missing; a model artifact is a directory with "
+                                 f"{MODEL_FILE} and {MANIFEST} (made by `stamp-train train`)")
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{manifest_path}: not valid JSON ({exc})") from exc
+        manifest = Manifest.from_dict(data, str(manifest_path))
+        import keras  # deferred: a bad manifest is reported without importing a backend
+
+        import worker.layers  # noqa: F401  (registers the custom layers)
+
+        try:
+            model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+        except Exception as exc:  # Keras raises ValueError, TypeError, OSError...
+            raise ModelError(f"{model_path}: does not load in Keras safe mode ({exc})") from exc
+        input_names = tuple(sorted(t.name.split(":")[0] for t in model.inputs))
+        if input_names != tuple(sorted(manifest.inputs)):
+            raise ModelError(f"{model_path}: model inputs {input_names} differ from the "
+                             f"manifest's {manifest.inputs}")
+        stamp_model = cls(model, manifest, path)
+        if warm_up:
+            stamp_model.predict(np.zeros((1, *stamp_model.image_shape), np.float32),
+                                np.zeros((1, len(FEATURE_NAMES)), np.float32))
+        return stamp_model
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one model image (crop, crop, 3)."""
+        crop = self.preprocess.crop_size
+        return (crop, crop, 3)
+
+    def model_inputs(self, images: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The dict the Keras model takes: images, and standardized features if used."""
+        inputs = {"image": np.asarray(images, np.float32)}
+        if "features" in self.manifest.inputs:
+            inputs["features"] = standardize(features, self._mean, self._std)
+        return inputs
+
+    def predict(self, images: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch.
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            (N, crop, crop, 3) float32 from :func:`worker.stamps.preprocess_stamps`.
+        features : numpy.ndarray
+            (N, F) raw features from :func:`worker.features.metadata_features`.
+
+        Returns
+        -------
+        numpy.ndarray
+            (N, 5) float32 probabilities in :data:`CLASS_NAMES` order.
+        """
+        if len(images) == 0:
+            return np.zeros((0, len(CLASS_NAMES)), np.float32)
+        out = self._model.predict_on_batch(self.model_inputs(images, features))
+        return np.asarray(out, dtype=np.float32)

@@ -112,3 +112,30 @@ def test_bundled_default_model_loads() -> None:
         pytest.skip("no bundled model in this checkout")
     model = StampModel.load()
     assert model.manifest.raw["metrics"]["test"]["accuracy"] > 0.5
+
+
+def test_same_artifact_on_the_jax_backend(rotinv_dir: Path, tmp_path: Path) -> None:
+    """The artifact gives the same probabilities with KERAS_BACKEND=jax (a fresh process:
+    the backend is chosen at import)."""
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    images = rng.random((6, 21, 21, 3)).astype(np.float32)
+    features = rng.normal(size=(6, len(FEATURE_NAMES))).astype(np.float32)
+    np.savez(tmp_path / "in.npz", images=images, features=features)
+    script = (
+        "import sys, numpy as np, keras\n"
+        "from worker.model import StampModel\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        "d = np.load(sys.argv[2])\n"
+        "np.save(sys.argv[3], StampModel.load(sys.argv[1]).predict(d['images'], d['features']))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", script, str(rotinv_dir), str(tmp_path / "in.npz"),
+                    str(tmp_path / "out.npy")], check=True, env=env, timeout=300)
+    on_jax = np.load(tmp_path / "out.npy")
+    on_tf = StampModel.load(rotinv_dir).predict(images, features)
+    np.testing.assert_allclose(on_jax, on_tf, atol=2e-6)

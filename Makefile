@@ -37,3 +37,13 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache .hypothesis
+
+# Single-node Kafka 4 broker (KRaft) for development: `make kafka-start` prints
+# KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT (folder .cache/kafka/run); needs java and, the
+# first time, mvn (deploy/kafka/pom.xml).
+.PHONY: kafka-start kafka-stop
+kafka-start: venv
+	@$(BIN)/python deploy/kafka/kafka.py start
+
+kafka-stop: venv
+	@$(BIN)/python deploy/kafka/kafka.py stop

@@ -289,8 +289,9 @@ def report_markdown(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(manifest: dict[str, Any], stream: Any = sys.stdout) -> None:
-    """One table of the test metrics, for the command line."""
+def print_summary(manifest: dict[str, Any], stream: Any = None) -> None:
+    """One table of the test metrics, for the command line (default: standard output)."""
+    stream = stream or sys.stdout
     test = manifest["metrics"]["test"]
     print(f"\n{manifest['name']}: test accuracy {test['accuracy']:.1%}, "
           f"SN recall {test['sn_recall']:.1%}, SN precision {test['sn_precision']:.1%} "

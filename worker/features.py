@@ -31,14 +31,14 @@ _DIRECT: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in _DERIVED)
 
 # Rotation ICRS (J2000 equatorial) → Galactic, IAU 1958 definition as realised in
 # Hipparcos (ESA 1997, vol. 1, eq. 1.5.11).
-_EQ_TO_GAL = np.array([
+EQUATORIAL_TO_GALACTIC = np.array([
     [-0.0548755604162154, -0.8734370902348850, -0.4838350155487132],
     [+0.4941094278755837, -0.4448296299600112, +0.7469822444972189],
     [-0.8676661490190047, -0.1980763734312015, +0.4559837761750669],
 ])
 # Mean obliquity of the ecliptic at J2000 (IAU 2006): 84381.406 arcsec.
 _OBLIQUITY = math.radians(84381.406 / 3600.0)
-_EQ_TO_ECL = np.array([
+EQUATORIAL_TO_ECLIPTIC = np.array([
     [1.0, 0.0, 0.0],
     [0.0, math.cos(_OBLIQUITY), math.sin(_OBLIQUITY)],
     [0.0, -math.sin(_OBLIQUITY), math.cos(_OBLIQUITY)],
@@ -67,8 +67,8 @@ def ecliptic_galactic(ra: float, dec: float) -> tuple[float, float, float, float
     (float, float, float, float)
         ``ecl_lat, ecl_long, gal_lat, gal_long`` [deg]; longitudes in [0, 360).
     """
-    ecl_lat, ecl_long = _rotate(ra, dec, _EQ_TO_ECL)
-    gal_lat, gal_long = _rotate(ra, dec, _EQ_TO_GAL)
+    ecl_lat, ecl_long = _rotate(ra, dec, EQUATORIAL_TO_ECLIPTIC)
+    gal_lat, gal_long = _rotate(ra, dec, EQUATORIAL_TO_GALACTIC)
     return ecl_lat, ecl_long, gal_lat, gal_long
 
 

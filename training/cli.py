@@ -11,6 +11,8 @@ simulate
 train
     Train a model on an ``.npz`` dataset (or freshly simulated data) and write the
     artifact directory (``model.keras``, ``manifest.json``, ``report/``).
+evaluate
+    Score an artifact on a dataset or on the real ALeRCE-labelled stamps.
 """
 
 from __future__ import annotations
@@ -78,6 +80,40 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from training.evaluate import evaluate, format_result, load_alerce_test_stamps
+    from worker.model import ModelError, StampModel
+
+    try:
+        model = StampModel.load(args.model)
+    except ModelError as exc:
+        raise SystemExit(f"stamp-train evaluate: {exc}") from exc
+    results = {}
+    if args.data:
+        results["data"] = evaluate(model, load_npz(args.data))
+        print(format_result(f"{args.data}", results["data"]))
+    if args.alerce_test_stamps:
+        dataset, has_meta, _ = load_alerce_test_stamps(args.alerce_test_stamps)
+        results["alerce_test_stamps"] = evaluate(model, dataset)
+        results["alerce_test_stamps_with_metadata"] = evaluate(
+            model, dataset.subset(np.flatnonzero(has_meta)))
+        print(format_result("real ALeRCE-labelled stamps",
+                            results["alerce_test_stamps"]))
+        print(format_result("  of which with ALeRCE metadata",
+                            results["alerce_test_stamps_with_metadata"]))
+    if not results:
+        raise SystemExit("stamp-train evaluate: give --data and/or --alerce-test-stamps")
+    if args.write:
+        out = Path(args.model) / "report" / "evaluation.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stamp-train`` command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="stamp-train", description=__doc__.split("\n")[0])
@@ -116,6 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--version", default="1", help="artifact version string")
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.set_defaults(run=_train)
+    p = sub.add_parser("evaluate", help="evaluate an artifact (through the worker's "
+                       "loading and preprocessing) on a dataset or the real labelled stamps")
+    p.add_argument("--model", required=True, help="artifact directory")
+    p.add_argument("--data", help=".npz dataset")
+    p.add_argument("--alerce-test-stamps", metavar="DIR",
+                   help="folder labelled/alerce-test-stamps of the shared real data")
+    p.add_argument("--write", action="store_true",
+                   help="also write report/evaluation.json into the artifact")
+    p.set_defaults(run=_evaluate)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,151 @@
+"""A real Prometheus scrapes the worker's MetricsServer and answers queries about it.
+
+Needs the ``prometheus`` binary (``$PROMETHEUS_BIN``, else ``prometheus`` on ``PATH``;
+Debian/Ubuntu: ``apt-get install prometheus``); skipped with that message otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from worker.metrics import HealthState, MetricsServer, WorkerMetrics
+
+DEADLINE_S = 60.0  # Prometheus start + first scrapes; generous for a loaded CI machine
+
+
+def _prometheus_binary() -> str:
+    binary = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
+    if not binary:
+        pytest.skip("prometheus binary not found: set $PROMETHEUS_BIN or put `prometheus` "
+                    "on PATH (Debian/Ubuntu: apt-get install prometheus)")
+    return binary
+
+
+def _free_port() -> int:
+    # Prometheus cannot report a port it picked itself, so pick one here (a tiny race
+    # with other processes; a lost race shows up as a bind error in the log below).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Prometheus:
+    """One Prometheus process scraping one target, with its data and log in ``tmp_path``."""
+
+    def __init__(self, binary: str, tmp_path: Path) -> None:
+        self.binary = binary
+        self.tmp_path = tmp_path
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "prometheus.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, target_port: int) -> None:
+        config_path = self.tmp_path / "prometheus.yml"
+        config_path.write_text(
+            "global:\n"
+            "  scrape_interval: 1s\n"
+            "  scrape_timeout: 1s\n"
+            "  evaluation_interval: 1s\n"
+            "scrape_configs:\n"
+            "  - job_name: stamp_worker\n"
+            "    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{target_port}']\n")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [self.binary, f"--config.file={config_path}",
+                 f"--storage.tsdb.path={self.tmp_path / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp_path)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() \
+            else ""
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            pytest.fail(f"prometheus exited with status {self.process.returncode}:\n"
+                        f"{self.log()}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[_Prometheus]:
+    """A Prometheus ready to :meth:`_Prometheus.start`; stopped after the test."""
+    instance = _Prometheus(_prometheus_binary(), tmp_path)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def _query(prom: _Prometheus, promql: str) -> list[dict[str, Any]]:
+    url = f"{prom.base_url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        answer = json.load(response)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def _wait_for_value(prom: _Prometheus, promql: str, expected: float) -> dict[str, Any]:
+    """Poll the query API until ``promql`` returns ``expected`` (bounded wait)."""
+    deadline = time.monotonic() + DEADLINE_S
+    last: object = "no answer yet"
+    while time.monotonic() < deadline:
+        prom.check_alive()
+        try:
+            result = _query(prom, promql)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last = exc  # not listening yet
+        else:
+            last = result
+            if result and float(result[0]["value"][1]) == expected:
+                return result[0]
+        time.sleep(0.25)
+    pytest.fail(f"{promql} did not reach {expected} within {DEADLINE_S} s (last: {last})\n"
+                f"prometheus log:\n{prom.log()}", pytrace=False)
+
+
+def test_prometheus_scrapes_the_worker_metrics(prometheus: _Prometheus) -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    metrics.consumed.inc(7)
+    with metrics.time_stage("infer"):
+        pass
+    metrics.set_model("stamp-cnn", "1.2.0", "stamps-v1")
+    with MetricsServer(registry, HealthState()) as server:
+        prometheus.start(server.port)
+        sample = _wait_for_value(prometheus, "stamp_worker_alerts_consumed_total", 7)
+        assert sample["metric"]["job"] == "stamp_worker"
+        assert sample["metric"]["instance"] == f"127.0.0.1:{server.port}"
+        _wait_for_value(prometheus, 'up{job="stamp_worker"}', 1)
+        # A later change reaches Prometheus on a following scrape.
+        metrics.consumed.inc(3)
+        _wait_for_value(prometheus, "stamp_worker_alerts_consumed_total", 10)
+        _wait_for_value(prometheus, 'stamp_worker_stage_seconds_count{stage="infer"}', 1)
+        info = _wait_for_value(prometheus, "stamp_worker_model_info", 1)
+        assert info["metric"]["version"] == "1.2.0"
+        assert info["metric"]["preprocessing"] == "stamps-v1"

@@ -2,6 +2,8 @@
 
 Subcommands
 -----------
+run [--config FILE]
+    The streaming worker: consume alerts, publish labels, serve metrics, until SIGTERM.
 inspect PATH...
     Decode and preprocess alert files (``.avro``) or folders of them, without Kafka or
     a model, and print one line per alert (or the reason it is refused) and a summary
@@ -86,10 +88,75 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     return 0
 
 
+def run(config_path: str | None) -> int:
+    """Run the streaming worker until SIGTERM/SIGINT (exit 0) or a failure (exit 1).
+
+    Parameters
+    ----------
+    config_path : str or None
+        YAML configuration; None uses ``$STAMP_WORKER_CONFIG`` or the defaults, with
+        ``STAMP_WORKER__SECTION__KEY`` environment overrides either way.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from worker.config import ConfigError, load_config, to_dict
+    from worker.metrics import HealthState, MetricsServer, WorkerMetrics
+    from worker.model import ModelError, StampModel
+    from worker.pipeline import Worker
+    from worker.registry import ConfluentSchemaRegistry
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("stamp_worker")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise SystemExit(f"stamp-worker run: configuration: {exc}") from exc
+    log.info("configuration: %s", to_dict(config))
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    health = HealthState()
+    server = None
+    if config.metrics.port:
+        server = MetricsServer(registry, health, config.metrics.host, config.metrics.port)
+        server.start()
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, server.port)
+    try:
+        try:
+            model = StampModel.load(config.model_path)
+        except ModelError as exc:
+            raise SystemExit(f"stamp-worker run: model: {exc}") from exc
+        log.info("model %s v%s from %s", model.name, model.version, model.path)
+        schema_registry = (ConfluentSchemaRegistry(config.registry.url, config.registry.client)
+                           if config.registry.url else None)
+        worker = Worker(config, model, metrics, health, AlertDecoder(registry=schema_registry))
+        worker.install_signal_handlers()
+        log.info("consuming %s as group %s → labels %s, dead letters %s",
+                 ",".join(config.topics.input), config.group_id, config.topics.output,
+                 config.topics.dead_letter)
+        code = worker.run()
+        log.info("stopped cleanly")
+        return code
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stamp-worker`` command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="stamp-worker", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="the streaming worker (Kafka in, labels out)")
+    p_run.add_argument("--config", help="YAML configuration (default: $STAMP_WORKER_CONFIG); "
+                       "STAMP_WORKER__SECTION__KEY variables override it "
+                       "(see deploy/worker.example.yaml)")
     p_inspect = sub.add_parser("inspect", help="decode + preprocess alert files, no Kafka")
     p_inspect.add_argument("paths", nargs="+", help="alert files or folders of .avro files")
     p_inspect.add_argument("--crop-size", type=int, default=21, help="centre crop [pixels]")
@@ -98,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_inspect.add_argument("-q", "--quiet", action="store_true", help="summary only")
     args = parser.parse_args(argv)
     try:
+        if args.command == "run":
+            return run(args.config)
         if args.command == "inspect":
             return inspect(args.paths, args.crop_size, args.non_square, args.quiet)
     except BrokenPipeError:  # output piped into `head`: stop quietly

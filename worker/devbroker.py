@@ -488,6 +488,11 @@ default.replication.factor=1
 auto.create.topics.enable=false
 num.network.threads=2
 num.io.threads=2
+
+# Broker-rewritten alert files reach 1.7 MB (many alerts per container), and dead
+# letters carry the original bytes: accept messages up to 16 MiB, as alert streams do.
+message.max.bytes=16777216
+replica.fetch.max.bytes=16777216
 """
 
 

@@ -1,0 +1,288 @@
+"""The worker on a real broker: labels out, nothing lost, failures commit nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from tests.conftest import shared_data_dir
+from tests.test_model import _artifact
+from training.models import build_rotinv
+from worker.alerts import Alert, AlertDecoder
+from worker.config import load_config
+from worker.errors import AlertError
+from worker.metrics import HealthState, WorkerMetrics
+from worker.model import StampModel
+from worker.output import decode_labels
+from worker.packets import synthetic_alert
+from worker.pipeline import Worker
+from worker.stamps import prepare_alert
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    keras.utils.set_random_seed(0)
+    return _artifact(tmp_path_factory.mktemp("model") / "rotinv", build_rotinv(),
+                     ["image", "features"])
+
+
+def sample_payloads() -> list[bytes]:
+    """Real alert files when the shared data exists, else built ones with bad ones mixed in."""
+    data = shared_data_dir()
+    if data is not None:
+        return [p.read_bytes() for p in sorted(data.glob("ztf-alerts*/**/*.avro"))]
+    payloads = [synthetic_alert(seed) for seed in range(60)]
+    payloads[7] = payloads[7][:-50]  # truncated
+    payloads[13] = b"not an alert"
+    payloads[21] = synthetic_alert(21, size=51, ypos=None)  # edge stamp, no position
+    return payloads
+
+
+def expected_outcome(payloads: list[bytes]) -> tuple[Counter[int], Counter[str]]:
+    """Candids that must be labelled (a multiset: brokers re-publish the same alerts),
+    and dead-letter reasons, computed offline."""
+    decoder = AlertDecoder()
+    candids: Counter[int] = Counter()
+    reasons: Counter[str] = Counter()
+    for payload in payloads:
+        for item in decoder.iter_records(payload):
+            if isinstance(item, Alert):
+                try:
+                    prepare_alert(item)
+                except AlertError as err:
+                    reasons[err.reason.value] += 1
+                else:
+                    candids[item.candid] += 1
+            else:
+                reasons[item.reason.value] += 1
+    return candids, reasons
+
+
+def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "message.max.bytes": 16 * 1024 * 1024})
+    for i, payload in enumerate(payloads):
+        producer.produce(topic, value=payload, key=str(i).encode())
+    assert producer.flush(30) == 0
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        out += [m for m in consumer.consume(500, 0.5) if m.error() is None]
+    # Read a little longer: more records than expected is a failure too.
+    out += [m for m in consumer.consume(500, 1.0) if m.error() is None]
+    consumer.close()
+    return out
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    result = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 15)
+    consumer.close()
+    return [tp.offset for tp in result]
+
+
+def write_config(path: Path, bootstrap: str, topics: dict[str, str], group: str,
+                 model_dir: Path, **extra: str) -> Path:
+    lines = [
+        "kafka:", f"  bootstrap_servers: '{bootstrap}'",
+        "topics:", f"  input: [{topics['input']}]", f"  output: {topics['output']}",
+        f"  dead_letter: {topics['dlq']}",
+        f"group_id: {group}",
+        "batch:", "  max_messages: 64", "  max_wait_ms: 100",
+        f"model_path: '{model_dir}'",
+        "metrics:", f"  port: {extra.pop('metrics_port', 0)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def topics(topic_factory) -> dict[str, str]:
+    return {"input": topic_factory("alerts", partitions=3), "output": topic_factory("labels"),
+            "dlq": topic_factory("dead")}
+
+
+def make_worker(config_path: Path, model: StampModel | None = None) -> Worker:
+    config = load_config(config_path, env={})
+    return Worker(config, model or StampModel.load(config.model_path),
+                  WorkerMetrics(CollectorRegistry()), HealthState())
+
+
+def run_until_committed(worker: Worker, bootstrap: str, group: str, topic: str,
+                        partitions: int, total: int, timeout: float = 120.0) -> None:
+    """Run the worker in a thread until the group's committed offsets cover ``total``."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if sum(max(o, 0) for o in committed(bootstrap, group, topic, partitions)) >= total:
+                break
+            if not thread.is_alive():
+                break
+            time.sleep(0.5)
+    finally:
+        worker.request_stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_every_alert_is_labelled_or_dead_lettered(kafka_bootstrap: str, topics: dict,
+                                                  model_dir: Path, tmp_path: Path) -> None:
+    payloads = sample_payloads()
+    candids, reasons = expected_outcome(payloads)
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
+                                      model_dir))
+    run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
+    labels = consume_all(kafka_bootstrap, topics["output"], sum(candids.values()))
+    dead = consume_all(kafka_bootstrap, topics["dlq"], sum(reasons.values()))
+    records = [r for m in labels for r in decode_labels(m.value())]
+    assert Counter(r["candid"] for r in records) == candids  # each exactly once
+    assert all(m.key().decode() == decode_labels(m.value())[0]["objectId"] for m in labels)
+    got = Counter(dict(m.headers())["stamp.reason"].decode() for m in dead)
+    assert got == reasons
+    for m in dead:
+        headers = dict(m.headers())
+        assert headers["stamp.source.topic"].decode() == topics["input"]
+        index = int(headers["stamp.source.offset"])
+        assert m.value() in payloads and index >= 0
+    first = records[0]
+    assert abs(sum(first["probabilities"].values()) - 1) < 1e-4
+    assert first["model_name"] == "rotinv" and first["method"] == "cnn"
+    assert worker.metrics.consumed._value.get() == len(payloads)
+
+
+class FailingModel:
+    """A model whose inference fails: the batch must not be committed."""
+
+    def __init__(self, real: StampModel) -> None:
+        self._real = real
+        self.name, self.version, self.preprocess = real.name, real.version, real.preprocess
+
+    def predict(self, images: np.ndarray, features: np.ndarray) -> np.ndarray:
+        raise RuntimeError("inference failed (test)")
+
+
+def test_processing_failure_commits_nothing(kafka_bootstrap: str, topics: dict,
+                                            model_dir: Path, tmp_path: Path) -> None:
+    payloads = [synthetic_alert(seed) for seed in range(20)]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir)
+    failing = make_worker(config, FailingModel(StampModel.load(model_dir)))
+    with pytest.raises(RuntimeError, match="inference failed"):
+        failing.run()
+    assert all(o < 0 for o in committed(kafka_bootstrap, group, topics["input"], 3))
+    # A restarted worker processes the same alerts: nothing was lost.
+    worker = make_worker(config)
+    run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
+    labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
+    assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 20
+
+
+def _start_cli(config: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopped_worker_loses_nothing(kafka_bootstrap: str, topics: dict, model_dir: Path,
+                                      tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM drains and commits (exit 0); SIGKILL commits nothing in flight; either way
+    a restarted worker labels every alert (at-least-once: duplicates allowed)."""
+    payloads = [synthetic_alert(seed) for seed in range(400)]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir)
+    proc = _start_cli(config)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # stop it mid-run, once some batches are committed
+        if sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 3)) > 0:
+            break
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, output
+        done = sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 3))
+        labelled = consume_all(kafka_bootstrap, topics["output"], done, timeout=20)
+        # Everything committed was delivered before the commit.
+        assert len({r["candid"] for m in labelled for r in decode_labels(m.value())}) >= done
+    worker = make_worker(config)
+    run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
+    labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
+    assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 400
+
+
+def test_metrics_move_during_a_run(kafka_bootstrap: str, topics: dict, model_dir: Path,
+                                   tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    payloads = [synthetic_alert(seed) for seed in range(300)] + [b"junk"]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          metrics_port=port)
+    proc = _start_cli(config)
+    samples = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                              timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.3)
+                continue
+            samples.append(text)
+            if "stamp_worker_alerts_consumed_total 301.0" in text:
+                break
+            time.sleep(0.3)
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert ready == 200
+    final = samples[-1]
+    assert "stamp_worker_alerts_consumed_total 301.0" in final
+    assert 'stamp_worker_alerts_dead_lettered_total{reason="unknown_format"} 1.0' in final
+    for stage in ("decode", "infer", "produce", "commit"):
+        assert f'stamp_worker_stage_seconds_count{{stage="{stage}"}}' in final
+    assert "stamp_worker_end_to_end_seconds_count" in final
+    assert "stamp_worker_alert_age_seconds_count" in final
+    counts = [_value(s, "stamp_worker_alerts_consumed_total") for s in samples]
+    assert len(set(counts)) > 1, "the counter should be seen moving during the run"
+
+
+def _value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0

@@ -1,0 +1,351 @@
+"""The streaming loop: consume → decode → micro-batch → infer → produce → commit.
+
+The only module that knows Kafka's commit rules:
+
+* ``enable.auto.commit`` is off.  Per micro-batch: produce every label and dead-letter
+  record, ``flush()``, raise any error a delivery callback recorded, then commit
+  ``offset + 1`` per partition synchronously and check each partition's error.  Nothing
+  is committed for a batch whose outputs were not all delivered (at-least-once; with
+  ``exactly_once`` the outputs and offsets go in one producer transaction instead).
+* A bad alert is data: it goes to the dead-letter topic with its reason and its offset
+  is committed.  A broker, model or registry failure is not: it propagates, nothing of
+  the batch is committed, and a restarted worker processes the batch again.
+* SIGTERM/SIGINT only set a flag; the batch in hand is finished, committed, and the
+  consumer closed (exit status 0).  Poll timeouts stay ≤ 1 s so the flag is seen.
+* Rebalances happen inside ``consume()``, between batches, when everything consumed so
+  far is committed: ``on_revoke`` has nothing pending; ``on_lost`` commits nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from worker.alerts import Alert, AlertDecoder
+from worker.config import WorkerConfig
+from worker.errors import AlertError
+from worker.metrics import HealthState, WorkerMetrics, jd_to_unix
+from worker.model import StampModel
+from worker.output import (
+    Source,
+    dead_letter_headers,
+    encode_label,
+    label_record,
+)
+from worker.stamps import PREPROCESSING_VERSION, ModelInput, prepare_alert
+
+log = logging.getLogger("stamp_worker")
+ASTEROID = 3  # index of "asteroid" in the class order
+
+
+class DeliveryError(RuntimeError):
+    """Outputs of a batch were not all delivered: the batch must not be committed."""
+
+
+class CommitError(RuntimeError):
+    """The broker refused an offset commit."""
+
+
+@dataclass
+class _Pending:
+    """The outputs of one batch awaiting delivery."""
+
+    errors: list[str] = field(default_factory=list)
+    delivered: int = 0
+
+
+@dataclass
+class _Work:
+    """One decoded alert waiting for the model."""
+
+    alert: Alert
+    source: Source
+    prepared: ModelInput | None
+    consumed_at_ms: int
+
+
+def _source(message: Message) -> Source:
+    kind, ts = message.timestamp()
+    return Source(message.topic(), message.partition(), message.offset(),
+                  ts if kind != 0 else -1)
+
+
+def known_asteroid(alert: Alert, max_distance_arcsec: float,
+                   max_magnitude: float | None) -> bool:
+    """Whether a known solar-system object lies within ``max_distance_arcsec`` of the alert.
+
+    ZTF writes ``ssnamenr`` "null" and ``ssdistnr`` -999 when there is none.
+    """
+    name = alert.candidate.get("ssnamenr")
+    distance = alert.candidate.get("ssdistnr")
+    if not isinstance(name, str) or name.strip().lower() in ("", "null"):
+        return False
+    if not isinstance(distance, (int, float)) or not 0 <= distance <= max_distance_arcsec:
+        return False
+    magnitude = alert.candidate.get("ssmagnr")
+    if max_magnitude is not None and isinstance(magnitude, (int, float)) and magnitude > 0:
+        return magnitude <= max_magnitude
+    return True
+
+
+class Worker:
+    """The stamp classifier as a broker pipeline step.
+
+    Parameters
+    ----------
+    config : WorkerConfig
+        Topics, group, batch size, Kafka settings, policies.
+    model : StampModel
+        The loaded, warmed-up model.
+    metrics : WorkerMetrics
+        Where counters and latencies go.
+    health : HealthState
+        Heartbeat and readiness for ``/healthz`` and ``/readyz``.
+    decoder : AlertDecoder, optional
+        Alert decoder (give one with a schema registry for Confluent-framed input).
+    """
+
+    def __init__(self, config: WorkerConfig, model: StampModel, metrics: WorkerMetrics,
+                 health: HealthState, decoder: AlertDecoder | None = None) -> None:
+        self.config = config
+        self.model = model
+        self.metrics = metrics
+        self.health = health
+        self.decoder = decoder or AlertDecoder()
+        self._stop = threading.Event()
+        self._assigned: set[tuple[str, int]] = set()
+        self._pending = _Pending()
+        kafka = config.kafka
+        consumer_conf: dict[str, Any] = {
+            "session.timeout.ms": 45000,
+            "auto.offset.reset": "earliest",
+            "statistics.interval.ms": 5000,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            **kafka.consumer,
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": config.group_id,
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "stats_cb": metrics.update_from_librdkafka_stats,
+        }
+        producer_conf: dict[str, Any] = {
+            "linger.ms": 5,
+            # Dead letters carry the original message, which may be a large container.
+            "message.max.bytes": 16 * 1024 * 1024,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            **kafka.producer,
+            "bootstrap.servers": kafka.bootstrap_servers,
+        }
+        if config.exactly_once:
+            producer_conf["transactional.id"] = f"{config.group_id}-{id(self)}-{time.time_ns()}"
+            consumer_conf["isolation.level"] = "read_committed"
+        self.consumer = Consumer(consumer_conf)
+        self.producer = Producer(producer_conf)
+        if config.exactly_once:
+            self.producer.init_transactions(30)
+        metrics.set_model(model.name, model.version, PREPROCESSING_VERSION)
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self, *_: Any) -> None:
+        """Ask the loop to finish the batch in hand and exit (safe from a signal handler)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a clean stop (drain, commit, close)."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self, max_batches: int | None = None) -> int:
+        """Run until stopped; return the exit status (0 after a clean stop).
+
+        Failures (broker, model, registry, delivery, commit) propagate after the
+        consumer is closed without committing the failed batch.
+        """
+        self.consumer.subscribe(list(self.config.topics.input), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        timeout = min(self.config.batch.max_wait_ms / 1000.0, 1.0)
+        batches = 0
+        try:
+            while not self._stop.is_set():
+                messages = self.consumer.consume(self.config.batch.max_messages, timeout)
+                self.health.beat()
+                self.producer.poll(0)
+                if messages:
+                    self.process_batch(messages)
+                    batches += 1
+                    if max_batches is not None and batches >= max_batches:
+                        break
+        finally:
+            self.health.set_ready(False, "stopping")
+            self._close()
+        return 0
+
+    def _close(self) -> None:
+        remaining = self.producer.flush(self.config.shutdown_timeout_s)
+        if remaining:
+            log.error("%d produced records were not delivered before shutdown", remaining)
+        self.consumer.close()
+
+    # ------------------------------------------------------------------ rebalance
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update((p.topic, p.partition) for p in partitions)
+        self.metrics.rebalances.labels(kind="assign").inc()
+        self.health.set_ready(True)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are committed before consume() returns control to librdkafka, so
+        # nothing is pending here; flushing keeps any in-flight dead letter ordered.
+        self.producer.flush(self.config.shutdown_timeout_s)
+        self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        self.metrics.rebalances.labels(kind="revoke").inc()
+        if not self._assigned:
+            self.health.set_ready(False, "no partitions assigned")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may own these partitions already: commit nothing.
+        self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        self.metrics.rebalances.labels(kind="lost").inc()
+        if not self._assigned:
+            self.health.set_ready(False, "partitions lost")
+
+    # ------------------------------------------------------------------ one batch
+    def process_batch(self, messages: Sequence[Message]) -> None:
+        """Decode, classify, publish and commit one micro-batch (all or nothing)."""
+        consumed_at_ms = int(time.time() * 1000)
+        self.metrics.observe_batch(len(messages))
+        offsets: dict[tuple[str, int], int] = {}
+        work: list[_Work] = []
+        dead: list[tuple[Message, AlertError, int | None]] = []
+        with self.metrics.time_stage("decode"):
+            for message in messages:
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(message.error())
+                self.metrics.consumed.inc()
+                key = (message.topic(), message.partition())
+                offsets[key] = max(offsets.get(key, -1), message.offset())
+                self._decode(message, consumed_at_ms, work, dead)
+        cnn = [w for w in work if w.prepared is not None]
+        with self.metrics.time_stage("infer"):
+            probs = (self.model.predict(np.stack([w.prepared.image for w in cnn]),
+                                        np.stack([w.prepared.features for w in cnn]))
+                     if cnn else np.zeros((0, 5), np.float32))
+        if self.config.exactly_once:
+            self.producer.begin_transaction()
+        self._pending = _Pending()
+        with self.metrics.time_stage("produce"):
+            row = iter(probs)
+            for item in work:
+                if item.prepared is None:
+                    p, method, flags = np.eye(5)[ASTEROID], "asteroid_policy", []
+                else:
+                    p, method = next(row), "cnn"
+                    flags = ["stamp_padded"] if item.prepared.padded else []
+                self._produce_label(item, p, method, flags)
+            for message, error, index in dead:
+                self._produce(self.config.topics.dead_letter, message.key(), message.value(),
+                              dead_letter_headers(error, _source(message), index))
+                self.metrics.dead_lettered.labels(reason=error.reason.value).inc()
+            if not self.config.exactly_once:
+                self._flush_or_raise()
+        with self.metrics.time_stage("commit"):
+            self._commit(offsets)
+
+    def _decode(self, message: Message, consumed_at_ms: int, work: list[_Work],
+                dead: list[tuple[Message, AlertError, int | None]]) -> None:
+        source = _source(message)
+        policy = self.config.asteroid_policy
+        items = list(self.decoder.iter_records(message.value() or b""))
+        for index, item in enumerate(items):
+            record_index = index if len(items) > 1 else None
+            if isinstance(item, AlertError):
+                dead.append((message, item, record_index))
+                continue
+            if policy.enabled and known_asteroid(item, policy.max_ssdistnr_arcsec,
+                                                 policy.max_ssmagnr):
+                work.append(_Work(item, source, None, consumed_at_ms))
+                continue
+            try:
+                prepared = prepare_alert(item, self.model.preprocess)
+            except AlertError as err:
+                dead.append((message, err, record_index))
+                continue
+            work.append(_Work(item, source, prepared, consumed_at_ms))
+
+    def _produce_label(self, item: _Work, probs: np.ndarray, method: str,
+                       flags: list[str]) -> None:
+        now = time.time()
+        record = label_record(item.alert, probs, method, self.model.name, self.model.version,
+                              PREPROCESSING_VERSION, flags, item.consumed_at_ms,
+                              int(now * 1000), item.source)
+        self.metrics.alert_age_seconds.observe(max(0.0, now - jd_to_unix(item.alert.jd)))
+        self.metrics.classified.labels(label=record["top_class"]).inc()
+        self._produce(self.config.topics.output, item.alert.object_id.encode(),
+                      encode_label(record), None, item.source.timestamp_ms)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes]] | None, source_ts_ms: int = -1) -> None:
+        callback = self._delivery_callback(source_ts_ms)
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers,
+                                      on_delivery=callback)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self.producer.poll(0.1)
+
+    def _delivery_callback(self, source_ts_ms: int) -> Callable[[Any, Message], None]:
+        pending = self._pending
+        metrics = self.metrics
+
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            # Only record: the loop raises after flush().
+            if error is not None:
+                pending.errors.append(f"{message.topic()}: {error}")
+                metrics.delivery_failures.inc()
+                return
+            pending.delivered += 1
+            if source_ts_ms > 0:
+                metrics.end_to_end_seconds.observe(max(0.0, time.time() - source_ts_ms / 1000))
+
+        return on_delivery
+
+    def _flush_or_raise(self) -> None:
+        remaining = self.producer.flush(self.config.shutdown_timeout_s)
+        if remaining:
+            raise DeliveryError(f"{remaining} records not delivered within "
+                                f"{self.config.shutdown_timeout_s} s; batch not committed")
+        if self._pending.errors:
+            raise DeliveryError(f"{len(self._pending.errors)} records failed delivery "
+                                f"(first: {self._pending.errors[0]}); batch not committed")
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        if not partitions:
+            return
+        if self.config.exactly_once:
+            self.producer.send_offsets_to_transaction(
+                partitions, self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(60)
+            self._flush_or_raise()
+            self.metrics.commits.inc()
+            return
+        result = self.consumer.commit(offsets=partitions, asynchronous=False)
+        failed = [tp for tp in result or [] if tp.error is not None]
+        if failed:
+            self.metrics.commit_failures.inc()
+            raise CommitError("offset commit failed for "
+                              + ", ".join(f"{tp.topic}[{tp.partition}]: {tp.error}"
+                                          for tp in failed))
+        self.metrics.commits.inc()

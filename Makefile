@@ -21,16 +21,10 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest
 
-# Decode + preprocess the real sample alerts (or built ones when ../shared/data is
-# absent) and print what happens to each kind of alert.
+# The whole job end to end: local Kafka broker, the sample alerts (real ones from
+# ../shared/data when present), the bundled model; prints labels per class and latencies.
 demo: venv
-	@if [ -f "$(DATA)/alerts_manifest.csv" ]; then \
-	  $(BIN)/stamp-worker inspect --quiet "$(DATA)"; \
-	else \
-	  echo "no real alerts at $(DATA): using built ones"; \
-	  $(BIN)/python -m worker.packets .cache/demo-alerts 200 && \
-	  $(BIN)/stamp-worker inspect --quiet .cache/demo-alerts; \
-	fi
+	$(BIN)/stamp-worker demo
 
 bench: venv
 	$(BIN)/python bench/bench_decode.py --data "$(DATA)"

@@ -4,6 +4,9 @@ Subcommands
 -----------
 run [--config FILE]
     The streaming worker: consume alerts, publish labels, serve metrics, until SIGTERM.
+demo
+    The whole job end to end on an embedded default (local broker, sample alerts,
+    bundled model), then a table of labels per class and latencies.
 inspect PATH...
     Decode and preprocess alert files (``.avro``) or folders of them, without Kafka or
     a model, and print one line per alert (or the reason it is refused) and a summary
@@ -157,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--config", help="YAML configuration (default: $STAMP_WORKER_CONFIG); "
                        "STAMP_WORKER__SECTION__KEY variables override it "
                        "(see deploy/worker.example.yaml)")
+    sub.add_parser("demo", help="end to end on an embedded default: local broker, sample "
+                   "alerts, bundled model; prints labels and latencies")
     p_inspect = sub.add_parser("inspect", help="decode + preprocess alert files, no Kafka")
     p_inspect.add_argument("paths", nargs="+", help="alert files or folders of .avro files")
     p_inspect.add_argument("--crop-size", type=int, default=21, help="centre crop [pixels]")
@@ -167,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run(args.config)
+        if args.command == "demo":
+            from worker.demo import run_demo
+
+            return run_demo()
         if args.command == "inspect":
             return inspect(args.paths, args.crop_size, args.non_square, args.quiet)
     except BrokenPipeError:  # output piped into `head`: stop quietly

@@ -26,6 +26,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "gal_lat", "gal_long", "non_detections", "chinr", "sharpnr",
 )
 MISSING_SENTINEL = -999.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _DERIVED = frozenset({"isdiffpos", "ecl_lat", "ecl_long", "gal_lat", "gal_long", "non_detections"})
 _DIRECT: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in _DERIVED)
 
@@ -78,7 +79,8 @@ def _number(value: Any) -> float:
     if not isinstance(value, (int, float)):
         return math.nan
     number = float(value)
-    if not math.isfinite(number) or number == MISSING_SENTINEL:
+    # Beyond float32's range a value cannot be stored: it is as good as missing.
+    if not math.isfinite(number) or number == MISSING_SENTINEL or abs(number) > _FLOAT32_MAX:
         return math.nan
     return number
 

@@ -281,7 +281,9 @@ def parse_fits(raw: bytes, limits: StampLimits | None = None) -> np.ndarray:
                          offset=header_end).reshape(ny, nx)
     if bitpix < 0:
         if bscale != 1.0 or bzero != 0.0:
-            return (data.astype(np.float64) * bscale + bzero).astype(np.float32)
+            # Scaled values beyond float32 become ±inf, which preprocessing treats as NaN.
+            with np.errstate(over="ignore", invalid="ignore"):
+                return (data.astype(np.float64) * bscale + bzero).astype(np.float32)
         return data.astype(np.float32)
     # Same arithmetic as astropy: float32 for 8/16-bit, float64 for 32/64-bit integers.
     work = data.astype(np.float32 if bitpix in (8, 16) else np.float64)

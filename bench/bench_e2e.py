@@ -1,0 +1,256 @@
+"""End-to-end benchmark of the worker through a real Kafka broker.
+
+Two measurements, each with fresh topics and a worker started as its own process
+(``stamp-worker run``, bundled model, as deployed):
+
+1. **Sustained throughput**: ``--backlog`` alerts are produced first; the worker then
+   drains them. Rate = labels / (last label time − first label time), measured on the
+   label topic, so model loading and start-up are excluded.
+2. **Latency at a fixed offered rate**: once the worker is ready, a producer offers
+   ``--rate`` alerts/s for ``--duration`` seconds; for every label, latency = the time the
+   label reached a consumer − the time its alert was produced (the alert's Kafka
+   CreateTime, set by the producer). Reports p50/p99/max and the rate achieved.
+
+Alerts are the single-alert ZTF files of ``../shared/data`` (or ``$STAMP_DATA_DIR``,
+``--data``) cycled, or built ones when absent. Everything (broker, producer, worker,
+consumer) shares this machine's cores, as in the development setup.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_e2e.py [--backlog 10000] [--rate 1000] [--duration 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from worker import devbroker
+from worker.output import decode_labels
+from worker.packets import synthetic_alert
+
+PARTITIONS = 3
+
+
+def load_alerts(data: Path | None) -> tuple[list[bytes], str]:
+    """Single-alert messages: ZTF's own files (one alert each), else built ones."""
+    if data is not None:
+        files = sorted((data / "ztf-alerts").glob("**/*.avro"))
+        if files:
+            return [p.read_bytes() for p in files], f"{len(files)} real ZTF alert files"
+    return [synthetic_alert(seed) for seed in range(400)], "400 built alerts"
+
+
+def make_topics(admin: AdminClient) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"input": f"bench-alerts-{suffix}", "output": f"bench-labels-{suffix}",
+              "dead": f"bench-dead-{suffix}"}
+    futures = admin.create_topics([NewTopic(topics["input"], PARTITIONS, 1),
+                                   NewTopic(topics["output"], 1, 1),
+                                   NewTopic(topics["dead"], 1, 1)])
+    for future in futures.values():
+        future.result(30)
+    return topics
+
+
+def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
+                 max_messages: int, max_wait_ms: int) -> tuple[subprocess.Popen, int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = workdir / f"worker-{topics['input']}.yaml"
+    config.write_text(
+        f"kafka:\n  bootstrap_servers: '{bootstrap}'\n"
+        f"topics:\n  input: [{topics['input']}]\n  output: {topics['output']}\n"
+        f"  dead_letter: {topics['dead']}\n"
+        f"group_id: bench-{topics['input']}\n"
+        f"batch:\n  max_messages: {max_messages}\n  max_wait_ms: {max_wait_ms}\n"
+        f"metrics:\n  port: {port}\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(config)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
+                return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    raise SystemExit("worker not ready within 180 s")
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def label_consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 10})
+    consumer.subscribe([topic])
+    return consumer
+
+
+def collect(consumer: Consumer, expected: int, timeout: float,
+            on_label=None) -> list[float]:
+    """Receive ``expected`` labels; return their arrival times (time.time())."""
+    arrivals: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(arrivals) < expected and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.1):
+            if message.error() is not None:
+                continue
+            now = time.time()
+            arrivals.append(now)
+            if on_label is not None:
+                on_label(message, now)
+    return arrivals
+
+
+def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog: int,
+               workdir: Path, max_messages: int) -> dict:
+    topics = make_topics(admin)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "queue.buffering.max.messages": 1_000_000,
+                         "queue.buffering.max.kbytes": 4_000_000})
+    for i in range(backlog):
+        producer.produce(topics["input"], alerts[i % len(alerts)], key=str(i).encode())
+        if i % 1000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    consumer = label_consumer(bootstrap, topics["output"])
+    proc, _ = start_worker(bootstrap, topics, workdir, max_messages, 100)
+    try:
+        arrivals = collect(consumer, backlog, timeout=max(120.0, backlog / 100))
+    finally:
+        stop_worker(proc)
+        consumer.close()
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
+    return {"labels": len(arrivals), "seconds": span, "rate": (len(arrivals) - 1) / span}
+
+
+def latency(bootstrap: str, admin: AdminClient, alerts: list[bytes], rate: float,
+            duration: float, workdir: Path, max_messages: int, max_wait_ms: int) -> dict:
+    topics = make_topics(admin)
+    consumer = label_consumer(bootstrap, topics["output"])
+    proc, _ = start_worker(bootstrap, topics, workdir, max_messages, max_wait_ms)
+    produced_at: dict[tuple[int, int], float] = {}
+    lock = threading.Lock()
+
+    def delivered(err, msg) -> None:
+        if err is None:
+            with lock:
+                produced_at[(msg.partition(), msg.offset())] = msg.timestamp()[1] / 1000
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    total = int(rate * duration)
+    latencies: list[float] = []
+    pending: list[tuple[int, int, float]] = []
+
+    def on_label(message, now: float) -> None:
+        for record in decode_labels(message.value()):
+            pending.append((record["source_partition"], record["source_offset"], now))
+
+    start = time.perf_counter()
+    done = threading.Event()
+
+    def offer() -> None:
+        for i in range(total):
+            target = start + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            producer.produce(topics["input"], alerts[i % len(alerts)], key=str(i).encode(),
+                             on_delivery=delivered)
+            producer.poll(0)
+        producer.flush(60)
+        done.set()
+
+    thread = threading.Thread(target=offer, daemon=True)
+    thread.start()
+    try:
+        collect(consumer, total, timeout=duration + 120, on_label=on_label)
+        thread.join(60)
+        offered_s = time.perf_counter() - start
+    finally:
+        stop_worker(proc)
+        consumer.close()
+    with lock:
+        for partition, offset, now in pending:
+            sent = produced_at.get((partition, offset))
+            if sent is not None:
+                latencies.append(now - sent)
+    arr = np.array(latencies)
+    return {"offered": total, "labelled": len(latencies), "offered_rate": total / duration,
+            "elapsed": offered_s, "p50": np.percentile(arr, 50), "p99": np.percentile(arr, 99),
+            "max": arr.max()}
+
+
+def main() -> int:
+    """Run both measurements and print one Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--backlog", type=int, default=10000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--max-messages", type=int, default=500)
+    parser.add_argument("--max-wait-ms", type=int, default=50)
+    args = parser.parse_args()
+    data = args.data or next((Path(p) for p in (os.environ.get("STAMP_DATA_DIR"),
+                                                 Path.cwd().parent / "shared" / "data")
+                              if p and Path(p).is_dir()), None)
+    alerts, described = load_alerts(data)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = devbroker.start(workdir / "kafka")
+        bootstrap = broker.bootstrap_servers
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        tput = throughput(bootstrap, admin, alerts, args.backlog, workdir, args.max_messages)
+        lat = latency(bootstrap, admin, alerts, args.rate, args.duration, workdir,
+                      args.max_messages, args.max_wait_ms)
+    finally:
+        if broker is not None:
+            broker.stop()
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    print(f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; input: "
+          f"{described}; worker batch ≤ {args.max_messages} messages / {args.max_wait_ms} ms")
+    print("\n| measurement | value |\n|---|---:|")
+    print(f"| sustained throughput (backlog of {args.backlog}) | {tput['rate']:,.0f} alerts/s |")
+    print(f"| offered rate | {lat['offered_rate']:,.0f} alerts/s for {args.duration:.0f} s |")
+    print(f"| labelled | {lat['labelled']} of {lat['offered']} |")
+    print(f"| produce → label latency p50 | {lat['p50'] * 1000:,.0f} ms |")
+    print(f"| produce → label latency p99 | {lat['p99'] * 1000:,.0f} ms |")
+    print(f"| produce → label latency max | {lat['max'] * 1000:,.0f} ms |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -146,3 +146,17 @@ def test_same_artifact_on_the_jax_backend(rotinv_dir: Path, tmp_path: Path) -> N
     on_jax = np.load(tmp_path / "out.npy")
     on_tf = StampModel.load(rotinv_dir).predict(images, features)
     np.testing.assert_allclose(on_jax, on_tf, atol=2e-6)
+
+
+def test_batches_are_padded_to_a_few_shapes(rotinv_dir: Path) -> None:
+    from worker.model import bucket_size
+
+    assert [bucket_size(n) for n in (1, 8, 9, 100, 500, 513)] == [8, 8, 16, 128, 512, 1024]
+    model = StampModel.load(rotinv_dir)
+    rng = np.random.default_rng(2)
+    images = rng.random((11, 21, 21, 3)).astype(np.float32)
+    features = rng.normal(size=(11, len(FEATURE_NAMES))).astype(np.float32)
+    whole = model.predict(images, features)
+    part = model.predict(images[:3], features[:3])
+    assert whole.shape == (11, 5) and part.shape == (3, 5)
+    np.testing.assert_allclose(part, whole[:3], atol=1e-6)  # padding does not leak in

@@ -154,6 +154,9 @@ class Worker:
         if config.exactly_once:
             self.producer.init_transactions(30)
         metrics.set_model(model.name, model.version, PREPROCESSING_VERSION)
+        if hasattr(model, "warm_up"):
+            # A batch shape traced mid-stream stalls the loop ~0.3 s: trace them all first.
+            model.warm_up(config.batch.max_messages)
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:

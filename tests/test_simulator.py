@@ -323,25 +323,26 @@ def test_payloads_decode_like_real_alerts() -> None:
 
 # ---------------------------------------------------------------- measured constants
 
-def test_simulated_stamps_reproduce_the_measured_statistics() -> None:
-    sim = simulate(1200, 21)
-    got = stamp_statistics(sim.images, sim.candidates)
+def _off_measured(got: dict) -> dict:
+    """Statistics outside their tolerance: {key: (measured constant, value got)}."""
     bad = {}
     for key, value in MEASURED.items():
         kind, tol = MEASUREMENT_TOLERANCES[key]
         limit = tol * abs(value) if kind == "rel" else tol
         if abs(got[key] - value) > limit:
             bad[key] = (value, round(got[key], 4))
+    return bad
+
+
+def test_simulated_stamps_reproduce_the_measured_statistics() -> None:
+    sim = simulate(1200, 21)
+    got = stamp_statistics(sim.images, sim.candidates)
+    bad = _off_measured(got)
     assert not bad, f"simulated statistics off the measured ones (measured, simulated): {bad}"
 
 
 @pytest.mark.shared_data
 def test_measured_constants_match_real_data(data_dir: Path) -> None:
     got = measure_real_statistics(data_dir)
-    bad = {}
-    for key, value in MEASURED.items():
-        kind, tol = MEASUREMENT_TOLERANCES[key]
-        limit = tol * abs(value) if kind == "rel" else tol
-        if abs(got[key] - value) > limit:
-            bad[key] = (value, round(got[key], 4))
+    bad = _off_measured(got)
     assert not bad, f"constants no longer match the real data (constant, measured): {bad}"

@@ -25,9 +25,9 @@ import numpy as np
 
 from worker.errors import AlertError
 from worker.features import FEATURE_NAMES, ecliptic_galactic, encode_isdiffpos, standardize
+from worker.model import CLASS_NAMES
 from worker.stamps import preprocess_stamps
 
-CLASS_NAMES: tuple[str, ...] = ("AGN", "SN", "VS", "asteroid", "bogus")
 STAMP_SHAPE = (63, 63, 3)
 
 

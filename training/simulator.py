@@ -41,10 +41,10 @@ import numpy as np
 
 # The rotations the metadata features use, so simulated coordinates agree with them.
 from worker.features import EQUATORIAL_TO_ECLIPTIC, EQUATORIAL_TO_GALACTIC
+from worker.model import CLASS_NAMES  # label = index
 from worker.packets import build_record, default_candidate, encode_container, object_id_for
 from worker.stamps import decode_stamp
 
-CLASS_NAMES: tuple[str, ...] = ("AGN", "SN", "VS", "asteroid", "bogus")  # label = index
 AGN, SN, VS, ASTEROID, BOGUS = range(5)
 
 # Class imbalance of the labelled set of the ALeRCE stamp classifier (Carrasco-Davis et al.

@@ -26,10 +26,10 @@ from schemas import load_schema
 from worker import __version__
 from worker.alerts import Alert
 from worker.errors import AlertError
+from worker.model import CLASS_NAMES
 
 LABEL_SCHEMA = load_schema("label.avsc")
 _PARSED = fastavro.parse_schema(LABEL_SCHEMA)
-CLASS_NAMES: tuple[str, ...] = ("AGN", "SN", "VS", "asteroid", "bogus")
 
 
 def _container_header(schema: dict, sync: bytes) -> bytes:

@@ -33,7 +33,7 @@ from worker.alerts import Alert, AlertDecoder
 from worker.config import WorkerConfig
 from worker.errors import AlertError
 from worker.metrics import HealthState, WorkerMetrics, jd_to_unix
-from worker.model import StampModel
+from worker.model import CLASS_NAMES, StampModel
 from worker.output import (
     Source,
     dead_letter_headers,
@@ -43,7 +43,7 @@ from worker.output import (
 from worker.stamps import PREPROCESSING_VERSION, ModelInput, prepare_alert
 
 log = logging.getLogger("stamp_worker")
-ASTEROID = 3  # index of "asteroid" in the class order
+ASTEROID = CLASS_NAMES.index("asteroid")
 
 
 class DeliveryError(RuntimeError):
@@ -243,7 +243,7 @@ class Worker:
         with self.metrics.time_stage("infer"):
             probs = (self.model.predict(np.stack([w.prepared.image for w in cnn]),
                                         np.stack([w.prepared.features for w in cnn]))
-                     if cnn else np.zeros((0, 5), np.float32))
+                     if cnn else np.zeros((0, len(CLASS_NAMES)), np.float32))
         if self.config.exactly_once:
             self.producer.begin_transaction()
         self._pending = _Pending()
@@ -251,7 +251,7 @@ class Worker:
             row = iter(probs)
             for item in work:
                 if item.prepared is None:
-                    p, method, flags = np.eye(5)[ASTEROID], "asteroid_policy", []
+                    p, method, flags = np.eye(len(CLASS_NAMES))[ASTEROID], "asteroid_policy", []
                 else:
                     p, method = next(row), "cnn"
                     flags = ["stamp_padded"] if item.prepared.padded else []

@@ -7,35 +7,30 @@ run [--config FILE]
 demo
     The whole job end to end on an embedded default (local broker, sample alerts,
     bundled model), then a table of labels per class and latencies.
+replay PATH... --topic T | --source-topic S --topic T
+    Produce archived alerts (files, folders, ZTF nightly tar archives, or a slice of
+    another topic) to a topic, keyed by objectId, at a chosen rate or in bursts.
+classify PATH...
+    The worker's pipeline without Kafka: label records as JSON lines or CSV.
 inspect PATH...
-    Decode and preprocess alert files (``.avro``) or folders of them, without Kafka or
-    a model, and print one line per alert (or the reason it is refused) and a summary
-    by reason.  The tool to ask "why does this alert fail?".
+    Decode and preprocess alert files (``.avro``), archives or folders of them, without
+    Kafka or a model, and print one line per alert (or the reason it is refused) and a
+    summary by reason.  The tool to ask "why does this alert fail?".
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from worker.alerts import Alert, AlertDecoder
 from worker.errors import AlertError
+from worker.sources import SourceError, expand_paths, iter_payloads
 from worker.stamps import PreprocessConfig, prepare_alert
-
-
-def _alert_paths(paths: Sequence[str]) -> Iterator[Path]:
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*.avro") if p.is_file())
-        elif path.is_file():
-            yield path
-        else:
-            raise SystemExit(f"stamp-worker: {name}: no such file or directory")
 
 
 def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) -> int:
@@ -44,7 +39,7 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     Parameters
     ----------
     paths : sequence of str
-        Files or folders (searched recursively for ``*.avro``).
+        Files, archives or folders (searched recursively).
     crop_size : int
         Centre crop side [pixels].
     non_square : str
@@ -65,9 +60,19 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     outcomes: Counter[str] = Counter()
     n_files = 0
     start = time.perf_counter()
-    for path in _alert_paths(paths):
+    try:
+        expand_paths(paths)
+    except SourceError as exc:
+        raise SystemExit(f"stamp-worker inspect: {exc}") from exc
+
+    def unreadable(origin: str, message: str) -> None:
+        outcomes["unreadable_input"] += 1
+        print(f"UNREADABLE {origin}: {message}")
+
+    for payload in iter_payloads(paths, on_error=unreadable):
         n_files += 1
-        for item in decoder.iter_records(path.read_bytes()):
+        path = payload.origin
+        for item in decoder.iter_records(payload.data):
             if isinstance(item, Alert):
                 try:
                     prepared = prepare_alert(item, config)
@@ -152,8 +157,66 @@ def run(config_path: str | None) -> int:
             server.stop()
 
 
+PATHS_HELP = ("alert files (.avro), ZTF nightly archives (.tar.gz, read as a stream) "
+              "or folders of them")
+
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay", help="archived alerts (files, folders, tar archives, a topic) → a topic",
+        description="Produce alerts to a Kafka topic, keyed by objectId, at a chosen pace. "
+        "Payloads are sent unchanged, undecodable ones too (without a key).")
+    p.add_argument("paths", nargs="*", help=PATHS_HELP)
+    p.add_argument("--topic", required=True, help="destination topic")
+    p.add_argument("-b", "--bootstrap-servers",
+                   help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
+                   help="librdkafka setting for the producer (and the source consumer), "
+                   "e.g. -X security.protocol=SASL_SSL; repeatable")
+    p.add_argument("--source-topic", help="replay this topic's messages instead of files")
+    p.add_argument("--from", dest="start", metavar="TIME",
+                   help="ISO 8601 time (UTC unless an offset is given): only alerts from "
+                   "then on (message timestamp for --source-topic, jd for files)")
+    p.add_argument("--to", dest="end", metavar="TIME",
+                   help="ISO 8601 time: only alerts before then")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="steady rate [alerts/s] "
+                      "(default: as fast as possible)")
+    pace.add_argument("--burst", type=int, metavar="N",
+                      help="send N alerts at once every --burst-interval seconds")
+    p.add_argument("--burst-interval", type=float, default=1.0, metavar="S",
+                   help="seconds between the starts of bursts (default 1)")
+    p.add_argument("--limit", type=int, help="stop after this many alerts")
+    p.add_argument("--shuffle", action="store_true",
+                   help="random order (archives: mixed within --shuffle-buffer alerts)")
+    p.add_argument("--shuffle-buffer", type=int, default=10_000, metavar="N",
+                   help="alerts held for --shuffle (default 10000, ≈ 0.7 GB of ZTF alerts)")
+    p.add_argument("--seed", type=int, help="seed of --shuffle")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classify", help="label alert files offline (no Kafka): JSON lines or CSV",
+        description="Run the worker's pipeline on files, archives and folders and write "
+        "its label records. Refused alerts are listed on stderr with their reasons.")
+    p.add_argument("paths", nargs="+", help=PATHS_HELP)
+    p.add_argument("-o", "--output", help="output file (default: standard output)")
+    p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="JSON lines (default) or CSV")
+    p.add_argument("--model", help="model artifact directory (default: the bundled model)")
+    p.add_argument("--batch-size", type=int, default=256, help="alerts per model call")
+    p.add_argument("--asteroid-policy", action="store_true",
+                   help="label alerts within 5 arcsec of a known solar-system object "
+                   "asteroid without the model (as the worker's asteroid_policy)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="summary only on stderr, not one line per refused alert")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stamp-worker`` command line; returns the exit status."""
+    # TensorFlow's C++ start-up notices (oneDNN, CPU features) are not for operators.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="stamp-worker", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="the streaming worker (Kafka in, labels out)")
@@ -162,8 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "(see deploy/worker.example.yaml)")
     sub.add_parser("demo", help="end to end on an embedded default: local broker, sample "
                    "alerts, bundled model; prints labels and latencies")
+    _add_replay(sub)
+    _add_classify(sub)
     p_inspect = sub.add_parser("inspect", help="decode + preprocess alert files, no Kafka")
-    p_inspect.add_argument("paths", nargs="+", help="alert files or folders of .avro files")
+    p_inspect.add_argument("paths", nargs="+", help=PATHS_HELP)
     p_inspect.add_argument("--crop-size", type=int, default=21, help="centre crop [pixels]")
     p_inspect.add_argument("--non-square", choices=("pad", "reject"), default="pad",
                            help="policy for stamps cut by a CCD edge")
@@ -178,6 +243,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo()
         if args.command == "inspect":
             return inspect(args.paths, args.crop_size, args.non_square, args.quiet)
+        if args.command == "replay":
+            from worker.replay import replay_command
+
+            return replay_command(args.paths, args.topic, args.bootstrap_servers, args.X,
+                                  args.source_topic, args.start, args.end, args.rate,
+                                  args.burst, args.burst_interval, args.limit, args.shuffle,
+                                  args.shuffle_buffer, args.seed, args.quiet, sys.stderr)
+        if args.command == "classify":
+            from worker.classify import classify_command
+
+            return classify_command(args.paths, args.output, args.format, args.model,
+                                    args.batch_size, args.asteroid_policy, sys.stderr,
+                                    args.quiet)
     except BrokenPipeError:  # output piped into `head`: stop quietly
         sys.stderr.close()
         return 0

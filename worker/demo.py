@@ -1,15 +1,17 @@
 """``stamp-worker demo``: the whole job end to end on an embedded default.
 
 Starts the development Kafka broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` names one),
-creates fresh topics, produces the real sample alerts of ``../shared/data`` (or
-``$STAMP_DATA_DIR``; simulated alerts when neither exists), runs the worker with the
-bundled model until every alert is committed, then prints the labels per class, the
-dead letters per reason and the latency figures, and stops everything it started.
+creates fresh topics, replays the real sample alerts of ``../shared/data`` (or
+``$STAMP_DATA_DIR``; simulated alerts when neither exists) with :mod:`worker.replay`,
+runs the worker with the bundled model until every alert is committed, then prints the
+labels per class, the dead letters per reason and the latency figures, and stops
+everything it started.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import tempfile
 import threading
@@ -29,19 +31,24 @@ from worker.metrics import HealthState, MetricsServer, WorkerMetrics
 from worker.model import StampModel
 from worker.output import CLASS_NAMES, decode_labels
 from worker.pipeline import Worker
+from worker.replay import Pacer, replay
+from worker.replay import format_summary as format_replay
+from worker.sources import Payload, iter_payloads
 
 PARTITIONS = 3
 
 
-def sample_alerts(data_dir: Path | None) -> tuple[list[bytes], str]:
+def sample_alerts(data_dir: Path | None) -> tuple[list[Payload], str]:
     """The demo's input: real alert files when available, else simulated alerts."""
     if data_dir is not None:
-        files = sorted(data_dir.glob("ztf-alerts*/**/*.avro"))
-        if files:
-            return [p.read_bytes() for p in files], f"{len(files)} real alert files in {data_dir}"
+        folders = sorted(p for p in data_dir.glob("ztf-alerts*") if p.is_dir())
+        if folders:
+            payloads = list(iter_payloads(folders))
+            return payloads, f"{len(payloads)} real alert files in {data_dir}"
     from training.simulator import simulate, to_alert_payloads
 
-    payloads = to_alert_payloads(simulate(300, seed=7))
+    payloads = [Payload(f"simulated-{i}", data)
+                for i, data in enumerate(to_alert_payloads(simulate(300, seed=7)))]
     return payloads, "300 simulated alerts (no real data found)"
 
 
@@ -76,11 +83,14 @@ def run_demo(timeout_s: float = 300.0) -> int:
         return _demo(bootstrap, payloads, started, timeout_s)
     finally:
         if broker is not None:
+            # The worker's consumer callbacks refer back to it: collect that cycle so its
+            # Kafka clients close now, not after the broker is gone (connection noise).
+            gc.collect()
             broker.stop()
             print("local broker stopped")
 
 
-def _demo(bootstrap: str, payloads: list[bytes], started: float, timeout_s: float) -> int:
+def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: float) -> int:
     suffix = uuid.uuid4().hex[:8]
     topics = {"input": f"demo-alerts-{suffix}", "output": f"demo-labels-{suffix}",
               "dead": f"demo-dead-letter-{suffix}"}
@@ -92,10 +102,11 @@ def _demo(bootstrap: str, payloads: list[bytes], started: float, timeout_s: floa
         future.result(30)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                          "message.max.bytes": 16 * 1024 * 1024})
-    for i, payload in enumerate(payloads):
-        producer.produce(topics["input"], value=payload, key=str(i).encode())
-    producer.flush(60)
-    print(f"produced {len(payloads)} messages to {topics['input']}")
+    pacer = Pacer()
+    sent = replay(payloads, producer, topics["input"], pacer)
+    print(format_replay(sent, topics["input"], pacer))
+    if sent.failed:
+        return 1
     base = default_config(bootstrap)
     config = dataclasses.replace(
         base, group_id=f"demo-{suffix}", metrics=MetricsConfig(port=0),

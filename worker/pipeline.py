@@ -26,24 +26,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.alerts import Alert, AlertDecoder
+from worker.alerts import AlertDecoder
 from worker.config import WorkerConfig
-from worker.errors import AlertError
+from worker.labeller import Labeller, Outcome, Rejected, Work
 from worker.metrics import HealthState, WorkerMetrics, jd_to_unix
-from worker.model import CLASS_NAMES, StampModel
-from worker.output import (
-    Source,
-    dead_letter_headers,
-    encode_label,
-    label_record,
-)
-from worker.stamps import PREPROCESSING_VERSION, ModelInput, prepare_alert
+from worker.model import StampModel
+from worker.output import Source, dead_letter_headers, encode_label
+from worker.stamps import PREPROCESSING_VERSION
 
 log = logging.getLogger("stamp_worker")
-ASTEROID = CLASS_NAMES.index("asteroid")
 
 
 class DeliveryError(RuntimeError):
@@ -62,38 +55,10 @@ class _Pending:
     delivered: int = 0
 
 
-@dataclass
-class _Work:
-    """One decoded alert waiting for the model."""
-
-    alert: Alert
-    source: Source
-    prepared: ModelInput | None
-    consumed_at_ms: int
-
-
 def _source(message: Message) -> Source:
     kind, ts = message.timestamp()
     return Source(message.topic(), message.partition(), message.offset(),
                   ts if kind != 0 else -1)
-
-
-def known_asteroid(alert: Alert, max_distance_arcsec: float,
-                   max_magnitude: float | None) -> bool:
-    """Whether a known solar-system object lies within ``max_distance_arcsec`` of the alert.
-
-    ZTF writes ``ssnamenr`` "null" and ``ssdistnr`` -999 when there is none.
-    """
-    name = alert.candidate.get("ssnamenr")
-    distance = alert.candidate.get("ssdistnr")
-    if not isinstance(name, str) or name.strip().lower() in ("", "null"):
-        return False
-    if not isinstance(distance, (int, float)) or not 0 <= distance <= max_distance_arcsec:
-        return False
-    magnitude = alert.candidate.get("ssmagnr")
-    if max_magnitude is not None and isinstance(magnitude, (int, float)) and magnitude > 0:
-        return magnitude <= max_magnitude
-    return True
 
 
 class Worker:
@@ -119,7 +84,7 @@ class Worker:
         self.model = model
         self.metrics = metrics
         self.health = health
-        self.decoder = decoder or AlertDecoder()
+        self.labeller = Labeller(model, decoder or AlertDecoder(), config.asteroid_policy)
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._pending = _Pending()
@@ -227,8 +192,8 @@ class Worker:
         consumed_at_ms = int(time.time() * 1000)
         self.metrics.observe_batch(len(messages))
         offsets: dict[tuple[str, int], int] = {}
-        work: list[_Work] = []
-        dead: list[tuple[Message, AlertError, int | None]] = []
+        work: list[Work] = []
+        dead: list[tuple[Message, Rejected]] = []
         with self.metrics.time_stage("decode"):
             for message in messages:
                 if message.error() is not None:
@@ -238,60 +203,31 @@ class Worker:
                 self.metrics.consumed.inc()
                 key = (message.topic(), message.partition())
                 offsets[key] = max(offsets.get(key, -1), message.offset())
-                self._decode(message, consumed_at_ms, work, dead)
-        cnn = [w for w in work if w.prepared is not None]
+                good, bad = self.labeller.decode(message.value() or b"", _source(message),
+                                                 consumed_at_ms)
+                work += good
+                dead += [(message, r) for r in bad]
         with self.metrics.time_stage("infer"):
-            probs = (self.model.predict(np.stack([w.prepared.image for w in cnn]),
-                                        np.stack([w.prepared.features for w in cnn]))
-                     if cnn else np.zeros((0, len(CLASS_NAMES)), np.float32))
+            outcomes = self.labeller.infer(work)
         if self.config.exactly_once:
             self.producer.begin_transaction()
         self._pending = _Pending()
         with self.metrics.time_stage("produce"):
-            row = iter(probs)
-            for item in work:
-                if item.prepared is None:
-                    p, method, flags = np.eye(len(CLASS_NAMES))[ASTEROID], "asteroid_policy", []
-                else:
-                    p, method = next(row), "cnn"
-                    flags = ["stamp_padded"] if item.prepared.padded else []
-                self._produce_label(item, p, method, flags)
-            for message, error, index in dead:
+            for item, outcome in zip(work, outcomes, strict=True):
+                self._produce_label(item, outcome)
+            for message, rejected in dead:
                 self._produce(self.config.topics.dead_letter, message.key(), message.value(),
-                              dead_letter_headers(error, _source(message), index))
-                self.metrics.dead_lettered.labels(reason=error.reason.value).inc()
+                              dead_letter_headers(rejected.error, _source(message),
+                                                  rejected.record_index))
+                self.metrics.dead_lettered.labels(reason=rejected.error.reason.value).inc()
             if not self.config.exactly_once:
                 self._flush_or_raise()
         with self.metrics.time_stage("commit"):
             self._commit(offsets)
 
-    def _decode(self, message: Message, consumed_at_ms: int, work: list[_Work],
-                dead: list[tuple[Message, AlertError, int | None]]) -> None:
-        source = _source(message)
-        policy = self.config.asteroid_policy
-        items = list(self.decoder.iter_records(message.value() or b""))
-        for index, item in enumerate(items):
-            record_index = index if len(items) > 1 else None
-            if isinstance(item, AlertError):
-                dead.append((message, item, record_index))
-                continue
-            if policy.enabled and known_asteroid(item, policy.max_ssdistnr_arcsec,
-                                                 policy.max_ssmagnr):
-                work.append(_Work(item, source, None, consumed_at_ms))
-                continue
-            try:
-                prepared = prepare_alert(item, self.model.preprocess)
-            except AlertError as err:
-                dead.append((message, err, record_index))
-                continue
-            work.append(_Work(item, source, prepared, consumed_at_ms))
-
-    def _produce_label(self, item: _Work, probs: np.ndarray, method: str,
-                       flags: list[str]) -> None:
+    def _produce_label(self, item: Work, outcome: Outcome) -> None:
         now = time.time()
-        record = label_record(item.alert, probs, method, self.model.name, self.model.version,
-                              PREPROCESSING_VERSION, flags, item.consumed_at_ms,
-                              int(now * 1000), item.source)
+        record = self.labeller.record(item, outcome, int(now * 1000))
         self.metrics.alert_age_seconds.observe(max(0.0, now - jd_to_unix(item.alert.jd)))
         self.metrics.classified.labels(label=record["top_class"]).inc()
         self._produce(self.config.topics.output, item.alert.object_id.encode(),

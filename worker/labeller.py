@@ -1,0 +1,195 @@
+"""Alert message → label records: the classification core shared by every command.
+
+The streaming worker (:mod:`worker.pipeline`) and the offline ``classify`` command
+(:mod:`worker.classify`) both go through :class:`Labeller`, so one alert gets the same
+decoding, preprocessing, policy, model call and label record whichever way it comes in.
+Kafka, files and output formats stay outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.alerts import Alert, AlertDecoder
+from worker.config import AsteroidPolicy
+from worker.errors import AlertError
+from worker.model import CLASS_NAMES, StampModel
+from worker.output import Source, label_record
+from worker.stamps import PREPROCESSING_VERSION, ModelInput, prepare_alert
+
+ASTEROID = CLASS_NAMES.index("asteroid")
+
+
+@dataclass(slots=True)
+class Work:
+    """One decoded alert waiting for the model.
+
+    Attributes
+    ----------
+    alert : Alert
+        The decoded alert.
+    source : Source
+        Where its message came from.
+    prepared : ModelInput or None
+        Model input; None when the asteroid policy labels it without the model.
+    consumed_at_ms : int
+        When its message was read [ms since Unix epoch].
+    """
+
+    alert: Alert
+    source: Source
+    prepared: ModelInput | None
+    consumed_at_ms: int
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A record that cannot be labelled, with the error that says why.
+
+    Attributes
+    ----------
+    error : AlertError
+        Reason and detail.
+    record_index : int or None
+        Position of the record in a multi-record message (None for a single record).
+    """
+
+    error: AlertError
+    record_index: int | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The model's (or the policy's) answer for one alert."""
+
+    probabilities: np.ndarray
+    method: str
+    flags: list[str]
+
+
+def known_asteroid(alert: Alert, max_distance_arcsec: float,
+                   max_magnitude: float | None) -> bool:
+    """Whether a known solar-system object lies within ``max_distance_arcsec`` of the alert.
+
+    ZTF writes ``ssnamenr`` "null" and ``ssdistnr`` -999 when there is none.
+
+    Parameters
+    ----------
+    alert : Alert
+        The alert.
+    max_distance_arcsec : float
+        Largest distance to the known object [arcsec].
+    max_magnitude : float or None
+        Faintest predicted magnitude of the known object [mag]; None: no cut.
+    """
+    name = alert.candidate.get("ssnamenr")
+    distance = alert.candidate.get("ssdistnr")
+    if not isinstance(name, str) or name.strip().lower() in ("", "null"):
+        return False
+    if not isinstance(distance, (int, float)) or not 0 <= distance <= max_distance_arcsec:
+        return False
+    magnitude = alert.candidate.get("ssmagnr")
+    if max_magnitude is not None and isinstance(magnitude, (int, float)) and magnitude > 0:
+        return magnitude <= max_magnitude
+    return True
+
+
+class Labeller:
+    """Decode alert messages, run the model on a batch, and build label records.
+
+    Parameters
+    ----------
+    model : StampModel
+        The loaded model (its manifest gives the preprocessing).
+    decoder : AlertDecoder, optional
+        Alert decoder (one with a schema registry for Confluent-framed input).
+    asteroid_policy : AsteroidPolicy, optional
+        Label known solar-system objects without the model (off by default).
+    """
+
+    def __init__(self, model: StampModel, decoder: AlertDecoder | None = None,
+                 asteroid_policy: AsteroidPolicy | None = None) -> None:
+        self.model = model
+        self.decoder = decoder or AlertDecoder()
+        self.policy = asteroid_policy or AsteroidPolicy()
+
+    def decode(self, payload: bytes, source: Source, consumed_at_ms: int
+               ) -> tuple[list[Work], list[Rejected]]:
+        """Decode and preprocess every record of one message.
+
+        Parameters
+        ----------
+        payload : bytes
+            The message value (or file content).
+        source : Source
+            Where it came from.
+        consumed_at_ms : int
+            When it was read [ms since Unix epoch].
+
+        Returns
+        -------
+        (list of Work, list of Rejected)
+            Records ready for :meth:`infer`, and records refused with their reasons.
+        """
+        work: list[Work] = []
+        rejected: list[Rejected] = []
+        items = list(self.decoder.iter_records(payload))
+        policy = self.policy
+        for index, item in enumerate(items):
+            record_index = index if len(items) > 1 else None
+            if isinstance(item, AlertError):
+                rejected.append(Rejected(item, record_index))
+                continue
+            if policy.enabled and known_asteroid(item, policy.max_ssdistnr_arcsec,
+                                                 policy.max_ssmagnr):
+                work.append(Work(item, source, None, consumed_at_ms))
+                continue
+            try:
+                prepared = prepare_alert(item, self.model.preprocess)
+            except AlertError as err:
+                rejected.append(Rejected(err, record_index))
+                continue
+            work.append(Work(item, source, prepared, consumed_at_ms))
+        return work, rejected
+
+    def infer(self, work: Sequence[Work]) -> list[Outcome]:
+        """One model call for every alert of a batch that needs the model.
+
+        Returns
+        -------
+        list of Outcome
+            In the order of ``work``.
+        """
+        cnn = [w.prepared for w in work if w.prepared is not None]
+        probs = (self.model.predict(np.stack([p.image for p in cnn]),
+                                    np.stack([p.features for p in cnn]))
+                 if cnn else np.zeros((0, len(CLASS_NAMES)), np.float32))
+        rows = iter(probs)
+        policy_probs = np.eye(len(CLASS_NAMES), dtype=np.float32)[ASTEROID]
+        out = []
+        for item in work:
+            if item.prepared is None:
+                out.append(Outcome(policy_probs, "asteroid_policy", []))
+            else:
+                out.append(Outcome(next(rows), "cnn",
+                                   ["stamp_padded"] if item.prepared.padded else []))
+        return out
+
+    def record(self, item: Work, outcome: Outcome, published_at_ms: int) -> dict:
+        """The label record (``schemas/label.avsc``) of one alert.
+
+        Parameters
+        ----------
+        item : Work
+            The alert and its source.
+        outcome : Outcome
+            Its probabilities and how they were obtained.
+        published_at_ms : int
+            Publication time [ms since Unix epoch].
+        """
+        return label_record(item.alert, outcome.probabilities, outcome.method,
+                            self.model.name, self.model.version, PREPROCESSING_VERSION,
+                            outcome.flags, item.consumed_at_ms, published_at_ms, item.source)

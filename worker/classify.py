@@ -240,10 +240,23 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
 
     stream = (sys.stdout if output in (None, "-")
               else open(output, "w", encoding="utf-8", newline=""))  # noqa: SIM115
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(file=err)
     try:
-        writer = LabelWriter(stream, fmt)
-        classify_payloads(iter_payloads(paths, on_error=unreadable), labeller, writer,
-                          batch_size, refused, summary)
+        with Progress(console=console, disable=quiet or not console.is_terminal,
+                      transient=True) as bar:
+            task = bar.add_task("classify", total=None)
+
+            def counted(items: Iterable[Payload]) -> Iterable[Payload]:
+                for item in items:
+                    yield item
+                    bar.advance(task)
+
+            writer = LabelWriter(stream, fmt)
+            classify_payloads(counted(iter_payloads(paths, on_error=unreadable)), labeller,
+                              writer, batch_size, refused, summary)
     finally:
         if stream is not sys.stdout:
             stream.close()

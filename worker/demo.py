@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
@@ -31,7 +31,7 @@ from worker.metrics import HealthState, MetricsServer, WorkerMetrics
 from worker.model import StampModel
 from worker.output import CLASS_NAMES, decode_labels
 from worker.pipeline import Worker
-from worker.replay import Pacer, replay
+from worker.replay import Pacer, make_producer, replay
 from worker.replay import format_summary as format_replay
 from worker.sources import Payload, iter_payloads
 
@@ -100,10 +100,9 @@ def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: fl
         NewTopic(topics["dead"], 1, 1)])
     for future in futures.values():
         future.result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
-                         "message.max.bytes": 16 * 1024 * 1024})
     pacer = Pacer()
-    sent = replay(payloads, producer, topics["input"], pacer)
+    sent = replay(payloads, make_producer({"bootstrap.servers": bootstrap}), topics["input"],
+                  pacer)
     print(format_replay(sent, topics["input"], pacer))
     if sent.failed:
         return 1

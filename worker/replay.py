@@ -221,7 +221,12 @@ def replay(payloads: Iterable[Payload], producer: Producer, topic: str, pacer: P
         due = first + pacer.due(queued)
         while (wait := due - time.perf_counter()) > 0:
             producer.poll(min(wait, 0.01))   # serve delivery callbacks while waiting
-        _produce(producer, topic, payload.data, key, payload.headers, on_delivery)
+        try:
+            _produce(producer, topic, payload.data, key, payload.headers, on_delivery)
+        except KafkaException as exc:
+            # Refused before sending (e.g. larger than message.max.bytes): count it and
+            # go on; broker-level failures (unknown topic, auth) show up as deliveries.
+            on_delivery(f"{payload.origin}: {exc.args[0]}", None)
         queued += 1
         if progress is not None:
             progress(queued)
@@ -330,6 +335,17 @@ class TopicSlice:
                               message.key(), list(headers) if headers else None)
 
 
+def make_producer(settings: dict[str, Any]) -> Producer:
+    """A producer for replays: the given librdkafka settings over large-message defaults.
+
+    Parameters
+    ----------
+    settings : dict
+        librdkafka settings, at least ``bootstrap.servers``.
+    """
+    return Producer({**_PRODUCER_DEFAULTS, **settings})
+
+
 def parse_settings(pairs: Sequence[str]) -> dict[str, str]:
     """``key=value`` strings (``-X`` options) → librdkafka settings.
 
@@ -423,7 +439,7 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
     if shuffle:
         # Archives are streams: mix them through a bounded buffer.
         stream = shuffled(stream, shuffle_buffer, seed)
-    producer = Producer({**_PRODUCER_DEFAULTS, **base})
+    producer = make_producer(base)
     from rich.console import Console
     from rich.progress import Progress
 

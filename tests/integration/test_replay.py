@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from tests.test_sources import write_archive
 from worker.alerts import AlertDecoder
 from worker.cli import main
 from worker.metrics import jd_to_unix
 from worker.packets import object_id_for, synthetic_alert
-from worker.replay import Pacer, replay
+from worker.replay import Pacer, make_producer, replay
 from worker.sources import Payload
 
 
@@ -39,7 +39,7 @@ def test_a_steady_rate_is_honoured_within_10_percent_over_10_s(
     topic = topic_factory("replay-rate", partitions=3)
     rate, seconds = 200.0, 10.0
     payloads = [Payload(str(i), synthetic_alert(i)) for i in range(int(rate * seconds))]
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    producer = make_producer({"bootstrap.servers": kafka_bootstrap})
     summary = replay(payloads, producer, topic, Pacer(rate=rate))
     assert (summary.sent, summary.failed, summary.unkeyed) == (len(payloads), 0, 0)
     messages = read_topic(kafka_bootstrap, topic, len(payloads))
@@ -60,7 +60,7 @@ def test_a_steady_rate_is_honoured_within_10_percent_over_10_s(
 def test_bursts_leave_together_at_the_interval(kafka_bootstrap: str, topic_factory) -> None:
     topic = topic_factory("replay-burst")
     payloads = [Payload(str(i), synthetic_alert(i)) for i in range(90)]
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    producer = make_producer({"bootstrap.servers": kafka_bootstrap})
     replay(payloads, producer, topic, Pacer(burst=30, interval=1.5))
     stamps = np.sort([m.timestamp()[1] for m in read_topic(kafka_bootstrap, topic, 90)])
     groups = [stamps[i:i + 30] for i in (0, 30, 60)]
@@ -117,7 +117,7 @@ def test_file_time_bounds_select_on_the_observation_time(
 def test_topic_to_topic_between_two_times(kafka_bootstrap: str, topic_factory,
                                           capsys) -> None:
     source = topic_factory("replay-src", partitions=3)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer = make_producer({"bootstrap.servers": kafka_bootstrap})
     t0 = 1_790_000_000_000
     for i in range(30):
         value = synthetic_alert(i) if i % 5 else b"not an alert %d" % i
@@ -144,3 +144,17 @@ def test_a_missing_source_topic_is_an_error(kafka_bootstrap: str) -> None:
     with pytest.raises(SystemExit, match="source topic"):
         main(["replay", "--source-topic", f"no-such-topic-{uuid.uuid4().hex[:6]}",
               "--topic", "x", "-b", kafka_bootstrap, "-q"])
+
+
+def test_a_message_the_producer_refuses_is_counted_and_the_rest_go(
+        kafka_bootstrap: str, topic_factory, tmp_path: Path, capsys) -> None:
+    for i in range(3):
+        (tmp_path / f"{i}.avro").write_bytes(synthetic_alert(i))
+    (tmp_path / "huge.avro").write_bytes(b"Obj\x01" + bytes(300_000))
+    topic = topic_factory("replay-big")
+    code = main(["replay", str(tmp_path), "--topic", topic, "-b", kafka_bootstrap, "-q",
+                 "-X", "message.max.bytes=200000"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "sent 3, failed 1" in err and "huge.avro" in err and "too large" in err.lower()
+    assert len(read_topic(kafka_bootstrap, topic, 3)) == 3

@@ -212,18 +212,32 @@ class Worker:
         if self.config.exactly_once:
             self.producer.begin_transaction()
         self._pending = _Pending()
-        with self.metrics.time_stage("produce"):
-            for item, outcome in zip(work, outcomes, strict=True):
-                self._produce_label(item, outcome)
-            for message, rejected in dead:
-                self._produce(self.config.topics.dead_letter, message.key(), message.value(),
-                              dead_letter_headers(rejected.error, _source(message),
-                                                  rejected.record_index))
-                self.metrics.dead_lettered.labels(reason=rejected.error.reason.value).inc()
-            if not self.config.exactly_once:
-                self._flush_or_raise()
-        with self.metrics.time_stage("commit"):
-            self._commit(offsets)
+        try:
+            with self.metrics.time_stage("produce"):
+                for item, outcome in zip(work, outcomes, strict=True):
+                    self._produce_label(item, outcome)
+                for message, rejected in dead:
+                    self._produce(self.config.topics.dead_letter, message.key(),
+                                  message.value(),
+                                  dead_letter_headers(rejected.error, _source(message),
+                                                      rejected.record_index))
+                    self.metrics.dead_lettered.labels(reason=rejected.error.reason.value).inc()
+                if not self.config.exactly_once:
+                    self._flush_or_raise()
+            with self.metrics.time_stage("commit"):
+                self._commit(offsets)
+        except BaseException:
+            if self.config.exactly_once:
+                self._abort_transaction()
+            raise
+
+    def _abort_transaction(self) -> None:
+        # Left open, the transaction would hold back read_committed consumers of the
+        # label topic until the broker times it out (transaction.timeout.ms).
+        try:
+            self.producer.abort_transaction(self.config.shutdown_timeout_s)
+        except KafkaException as exc:
+            log.error("could not abort the batch's transaction: %s", exc)
 
     def _produce_label(self, item: Work, outcome: Outcome) -> None:
         now = time.time()

@@ -80,9 +80,11 @@ def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
     assert producer.flush(30) == 0
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
+                isolation: str = "read_uncommitted") -> list:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": isolation})
     consumer.subscribe([topic])
     out: list = []
     deadline = time.monotonic() + timeout
@@ -201,6 +203,41 @@ def test_processing_failure_commits_nothing(kafka_bootstrap: str, topics: dict,
     run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
     labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
     assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 20
+
+
+def test_exactly_once_aborts_a_failed_batch_and_publishes_each_label_once(
+        kafka_bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path) -> None:
+    payloads = [synthetic_alert(seed) for seed in range(60)] + [b"not an alert"]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          exactly_once="true")
+    worker = make_worker(config)
+    real_record = worker.labeller.record
+    calls = Counter()
+
+    def fail_on_the_tenth(*args, **kwargs):
+        calls["record"] += 1
+        if calls["record"] == 10:  # nine labels are already in the open transaction
+            raise RuntimeError("publishing failed (test)")
+        return real_record(*args, **kwargs)
+
+    worker.labeller.record = fail_on_the_tenth
+    with pytest.raises(RuntimeError, match="publishing failed"):
+        worker.run()
+    assert all(o < 0 for o in committed(kafka_bootstrap, group, topics["input"], 3))
+    assert consume_all(kafka_bootstrap, topics["output"], 0, timeout=3,
+                       isolation="read_committed") == []
+    # A restarted worker: every alert once for read_committed consumers, offsets committed
+    # in the same transactions.
+    worker = make_worker(config)
+    run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
+    labels = consume_all(kafka_bootstrap, topics["output"], 60, isolation="read_committed")
+    candids = Counter(r["candid"] for m in labels for r in decode_labels(m.value()))
+    assert len(candids) == 60 and set(candids.values()) == {1}
+    dead = consume_all(kafka_bootstrap, topics["dlq"], 1, isolation="read_committed")
+    assert [dict(m.headers())["stamp.reason"] for m in dead] == [b"unknown_format"]
+    assert sum(committed(kafka_bootstrap, group, topics["input"], 3)) == len(payloads)
 
 
 def _start_cli(config: Path) -> subprocess.Popen:

@@ -312,6 +312,8 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("batch above consume()'s limit", {"batch": {"max_messages": 1_000_001}},
      "batch.max_messages", "from 1 to 1000000"),
     ("zero wait", {"batch": {"max_wait_ms": 0}}, "batch.max_wait_ms", "[ms]"),
+    ("wait beyond one consume() call", {"batch": {"max_wait_ms": 1500}}, "batch.max_wait_ms",
+     "from 1 to 1000 [ms]"),
     ("no input topic", {"topics": {"input": []}}, "topics.input", "at least one topic"),
     ("empty name in the input list", {"topics": {"input": "a,,b"}}, "topics.input",
      "empty topic name"),

@@ -600,6 +600,9 @@ class TopicsConfig:
         checks.done()
 
 
+MAX_WAIT_MS = 1000  # one consume() per batch, and SIGTERM seen within a second
+
+
 @dataclass(frozen=True, slots=True)
 class BatchConfig:
     """Micro-batching: consume up to ``max_messages`` messages or for ``max_wait_ms``.
@@ -610,7 +613,9 @@ class BatchConfig:
         Most messages per batch (1 to 1,000,000, confluent-kafka's limit); one batch is
         one model call and one commit.
     max_wait_ms : int
-        Longest wait for a batch to fill [ms]; bounds the latency added at low rates.
+        Longest wait for a batch to fill [ms], 1 to 1000; bounds the latency added at
+        low rates.  At most one second, because one wait is one ``consume()`` call (a
+        rebalance may only happen between batches) and SIGTERM is checked between calls.
     """
 
     max_messages: int = 500
@@ -619,7 +624,7 @@ class BatchConfig:
     def __post_init__(self) -> None:
         checks = _Checks(self, "batch")
         checks.field("max_messages", _integer, low=1, high=MAX_BATCH_MESSAGES)
-        checks.field("max_wait_ms", _integer, low=1, unit="ms")
+        checks.field("max_wait_ms", _integer, low=1, high=MAX_WAIT_MS, unit="ms")
         checks.done()
 
 

@@ -12,6 +12,9 @@ The only module that knows Kafka's commit rules:
   the batch is committed, and a restarted worker processes the batch again.
 * SIGTERM/SIGINT only set a flag; the batch in hand is finished, committed, and the
   consumer closed (exit status 0).  Poll timeouts stay ≤ 1 s so the flag is seen.
+* Within a batch the model runs on its own thread, chunk by chunk (:data:`INFER_CHUNK`
+  alerts), while the loop decodes the next chunk; the batch still produces and commits
+  only when every chunk is done, so the commit rules above do not change.
 * Rebalances happen inside ``consume()``, between batches, when everything consumed so
   far is committed: ``on_revoke`` has nothing pending; ``on_lost`` commits nothing.
 """
@@ -23,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,9 @@ from worker.output import Source, dead_letter_headers, encode_label
 from worker.stamps import PREPROCESSING_VERSION
 
 log = logging.getLogger("stamp_worker")
+# Alerts per model call within a micro-batch: small enough that decoding the next chunk
+# overlaps inference of this one, large enough to keep the model efficient.
+INFER_CHUNK = 128
 
 
 class DeliveryError(RuntimeError):
@@ -85,6 +92,7 @@ class Worker:
         self.metrics = metrics
         self.health = health
         self.labeller = Labeller(model, decoder or AlertDecoder(), config.asteroid_policy)
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="stamp-model")
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._pending = _Pending()
@@ -159,6 +167,7 @@ class Worker:
         return 0
 
     def _close(self) -> None:
+        self._model_thread.shutdown(wait=True)
         remaining = self.producer.flush(self.config.shutdown_timeout_s)
         if remaining:
             log.error("%d produced records were not delivered before shutdown", remaining)
@@ -194,6 +203,11 @@ class Worker:
         offsets: dict[tuple[str, int], int] = {}
         work: list[Work] = []
         dead: list[tuple[Message, Rejected]] = []
+        # The model runs on a thread of its own, one chunk at a time, while this thread
+        # decodes the next chunk: both backends release the GIL while computing, so on
+        # two cores decoding and inference overlap instead of adding up.
+        chunks: list[Future[tuple[list[Outcome], float]]] = []
+        submitted = 0
         with self.metrics.time_stage("decode"):
             for message in messages:
                 if message.error() is not None:
@@ -207,8 +221,18 @@ class Worker:
                                                  consumed_at_ms)
                 work += good
                 dead += [(message, r) for r in bad]
-        with self.metrics.time_stage("infer"):
-            outcomes = self.labeller.infer(work)
+                if len(work) - submitted >= INFER_CHUNK:
+                    chunks.append(self._model_thread.submit(self._infer, work[submitted:]))
+                    submitted = len(work)
+        if submitted < len(work):
+            chunks.append(self._model_thread.submit(self._infer, work[submitted:]))
+        outcomes: list[Outcome] = []
+        model_seconds = 0.0
+        for chunk in chunks:
+            result, seconds = chunk.result()   # re-raises a model failure: no commit
+            outcomes += result
+            model_seconds += seconds
+        self.metrics.stage_seconds.labels(stage="infer").observe(model_seconds)
         if self.config.exactly_once:
             self.producer.begin_transaction()
         self._pending = _Pending()
@@ -238,6 +262,11 @@ class Worker:
             self.producer.abort_transaction(self.config.shutdown_timeout_s)
         except KafkaException as exc:
             log.error("could not abort the batch's transaction: %s", exc)
+
+    def _infer(self, work: list[Work]) -> tuple[list[Outcome], float]:
+        start = time.perf_counter()
+        outcomes = self.labeller.infer(work)
+        return outcomes, time.perf_counter() - start
 
     def _produce_label(self, item: Work, outcome: Outcome) -> None:
         now = time.time()

@@ -46,6 +46,31 @@ class Work:
 
 
 @dataclass(slots=True)
+class Parsed:
+    """A decoded alert record whose cutouts are not yet decompressed.
+
+    Attributes
+    ----------
+    alert : Alert
+        The decoded alert.
+    source : Source
+        Where its message came from.
+    consumed_at_ms : int
+        When its message was read [ms since Unix epoch].
+    record_index : int or None
+        Position in a multi-record message (None for a single record).
+    tag : int
+        The caller's reference (the worker: the message's position in its batch).
+    """
+
+    alert: Alert
+    source: Source
+    consumed_at_ms: int
+    record_index: int | None
+    tag: int = 0
+
+
+@dataclass(slots=True)
 class Rejected:
     """A record that cannot be labelled, with the error that says why.
 
@@ -118,7 +143,7 @@ class Labeller:
 
     def decode(self, payload: bytes, source: Source, consumed_at_ms: int
                ) -> tuple[list[Work], list[Rejected]]:
-        """Decode and preprocess every record of one message.
+        """Decode and preprocess every record of one message (:meth:`parse` + :meth:`prepare`).
 
         Parameters
         ----------
@@ -134,26 +159,69 @@ class Labeller:
         (list of Work, list of Rejected)
             Records ready for :meth:`infer`, and records refused with their reasons.
         """
-        work: list[Work] = []
+        parsed, rejected = self.parse(payload, source, consumed_at_ms)
+        work, refused = self.prepare(parsed)
+        return work, rejected + [r for _, r in refused]
+
+    def parse(self, payload: bytes, source: Source, consumed_at_ms: int, tag: int = 0
+              ) -> tuple[list[Parsed], list[Rejected]]:
+        """Avro-decode every record of one message (cutouts stay compressed).
+
+        Parameters
+        ----------
+        payload : bytes
+            The message value (or file content).
+        source : Source
+            Where it came from.
+        consumed_at_ms : int
+            When it was read [ms since Unix epoch].
+        tag : int
+            Caller's reference carried by each :class:`Parsed` (e.g. the message's
+            position in a batch).
+
+        Returns
+        -------
+        (list of Parsed, list of Rejected)
+            Decoded records, and records refused with their reasons.
+        """
+        parsed: list[Parsed] = []
         rejected: list[Rejected] = []
         items = list(self.decoder.iter_records(payload))
-        policy = self.policy
         for index, item in enumerate(items):
             record_index = index if len(items) > 1 else None
             if isinstance(item, AlertError):
                 rejected.append(Rejected(item, record_index))
-                continue
-            if policy.enabled and known_asteroid(item, policy.max_ssdistnr_arcsec,
+            else:
+                parsed.append(Parsed(item, source, consumed_at_ms, record_index, tag))
+        return parsed, rejected
+
+    def prepare(self, parsed: Sequence[Parsed]) -> tuple[list[Work], list[tuple[Parsed, Rejected]]]:
+        """Cutouts → model inputs (or the asteroid policy) for decoded records.
+
+        Mostly gunzip and numpy, which release the GIL: a thread can run this while
+        another parses the next messages.
+
+        Returns
+        -------
+        (list of Work, list of (Parsed, Rejected))
+            Records ready for :meth:`infer` in input order, and the records refused.
+        """
+        work: list[Work] = []
+        refused: list[tuple[Parsed, Rejected]] = []
+        policy = self.policy
+        for item in parsed:
+            alert = item.alert
+            if policy.enabled and known_asteroid(alert, policy.max_ssdistnr_arcsec,
                                                  policy.max_ssmagnr):
-                work.append(Work(item, source, None, consumed_at_ms))
+                work.append(Work(alert, item.source, None, item.consumed_at_ms))
                 continue
             try:
-                prepared = prepare_alert(item, self.model.preprocess)
+                prepared = prepare_alert(alert, self.model.preprocess)
             except AlertError as err:
-                rejected.append(Rejected(err, record_index))
+                refused.append((item, Rejected(err, item.record_index)))
                 continue
-            work.append(Work(item, source, prepared, consumed_at_ms))
-        return work, rejected
+            work.append(Work(alert, item.source, prepared, item.consumed_at_ms))
+        return work, refused
 
     def infer(self, work: Sequence[Work]) -> list[Outcome]:
         """One model call for every alert of a batch that needs the model.

@@ -12,9 +12,10 @@ The only module that knows Kafka's commit rules:
   the batch is committed, and a restarted worker processes the batch again.
 * SIGTERM/SIGINT only set a flag; the batch in hand is finished, committed, and the
   consumer closed (exit status 0).  Poll timeouts stay ≤ 1 s so the flag is seen.
-* Within a batch the model runs on its own thread, chunk by chunk (:data:`INFER_CHUNK`
-  alerts), while the loop decodes the next chunk; the batch still produces and commits
-  only when every chunk is done, so the commit rules above do not change.
+* Within a batch, a second thread decompresses, preprocesses and classifies chunk by
+  chunk (:data:`INFER_CHUNK` alerts) while the loop Avro-decodes the next messages; the
+  batch still produces and commits only when every chunk is done, so the commit rules
+  above do not change.
 * Rebalances happen inside ``consume()``, between batches, when everything consumed so
   far is committed: ``on_revoke`` has nothing pending; ``on_lost`` commits nothing.
 """
@@ -34,15 +35,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from worker.alerts import AlertDecoder
 from worker.config import WorkerConfig
-from worker.labeller import Labeller, Outcome, Rejected, Work
+from worker.labeller import Labeller, Outcome, Parsed, Rejected, Work
 from worker.metrics import HealthState, WorkerMetrics, jd_to_unix
 from worker.model import StampModel
 from worker.output import Source, dead_letter_headers, encode_label
 from worker.stamps import PREPROCESSING_VERSION
 
 log = logging.getLogger("stamp_worker")
-# Alerts per model call within a micro-batch: small enough that decoding the next chunk
-# overlaps inference of this one, large enough to keep the model efficient.
+# Alerts per chunk of the model thread: small enough that Avro decoding of the next chunk
+# overlaps the rest of this one, large enough to keep the model efficient.
 INFER_CHUNK = 128
 
 
@@ -60,6 +61,17 @@ class _Pending:
 
     errors: list[str] = field(default_factory=list)
     delivered: int = 0
+
+
+@dataclass
+class _Chunk:
+    """What the model thread returns for one chunk of a batch."""
+
+    work: list[Work]
+    outcomes: list[Outcome]
+    refused: list[tuple[Parsed, Rejected]]
+    prepare_seconds: float
+    model_seconds: float
 
 
 def _source(message: Message) -> Source:
@@ -201,37 +213,43 @@ class Worker:
         consumed_at_ms = int(time.time() * 1000)
         self.metrics.observe_batch(len(messages))
         offsets: dict[tuple[str, int], int] = {}
-        work: list[Work] = []
         dead: list[tuple[Message, Rejected]] = []
-        # The model runs on a thread of its own, one chunk at a time, while this thread
-        # decodes the next chunk: both backends release the GIL while computing, so on
-        # two cores decoding and inference overlap instead of adding up.
-        chunks: list[Future[tuple[list[Outcome], float]]] = []
-        submitted = 0
-        with self.metrics.time_stage("decode"):
-            for message in messages:
-                if message.error() is not None:
-                    if message.error().code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(message.error())
-                self.metrics.consumed.inc()
-                key = (message.topic(), message.partition())
-                offsets[key] = max(offsets.get(key, -1), message.offset())
-                good, bad = self.labeller.decode(message.value() or b"", _source(message),
-                                                 consumed_at_ms)
-                work += good
-                dead += [(message, r) for r in bad]
-                if len(work) - submitted >= INFER_CHUNK:
-                    chunks.append(self._model_thread.submit(self._infer, work[submitted:]))
-                    submitted = len(work)
-        if submitted < len(work):
-            chunks.append(self._model_thread.submit(self._infer, work[submitted:]))
+        # Two threads share a batch: this one Avro-decodes the messages (pure Python,
+        # holding the GIL); the model thread, chunk by chunk, decompresses the cutouts,
+        # preprocesses and runs the model — gunzip, numpy and the backends release the
+        # GIL, so on two cores the stages overlap instead of adding up.
+        chunks: list[Future[_Chunk]] = []
+        parsed: list[Parsed] = []
+        parse_start = time.perf_counter()
+        for position, message in enumerate(messages):
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(message.error())
+            self.metrics.consumed.inc()
+            key = (message.topic(), message.partition())
+            offsets[key] = max(offsets.get(key, -1), message.offset())
+            good, bad = self.labeller.parse(message.value() or b"", _source(message),
+                                            consumed_at_ms, position)
+            parsed += good
+            dead += [(message, r) for r in bad]
+            if len(parsed) >= INFER_CHUNK:
+                chunks.append(self._model_thread.submit(self._prepare_and_infer, parsed))
+                parsed = []
+        if parsed or not chunks:
+            chunks.append(self._model_thread.submit(self._prepare_and_infer, parsed))
+        parse_seconds = time.perf_counter() - parse_start
+        work: list[Work] = []
         outcomes: list[Outcome] = []
-        model_seconds = 0.0
-        for chunk in chunks:
-            result, seconds = chunk.result()   # re-raises a model failure: no commit
-            outcomes += result
-            model_seconds += seconds
+        prepare_seconds = model_seconds = 0.0
+        for future in chunks:
+            chunk = future.result()   # re-raises a failure of the model thread: no commit
+            work += chunk.work
+            outcomes += chunk.outcomes
+            dead += [(messages[p.tag], r) for p, r in chunk.refused]
+            prepare_seconds += chunk.prepare_seconds
+            model_seconds += chunk.model_seconds
+        self.metrics.stage_seconds.labels(stage="decode").observe(parse_seconds + prepare_seconds)
         self.metrics.stage_seconds.labels(stage="infer").observe(model_seconds)
         if self.config.exactly_once:
             self.producer.begin_transaction()
@@ -263,10 +281,12 @@ class Worker:
         except KafkaException as exc:
             log.error("could not abort the batch's transaction: %s", exc)
 
-    def _infer(self, work: list[Work]) -> tuple[list[Outcome], float]:
+    def _prepare_and_infer(self, parsed: list[Parsed]) -> _Chunk:
         start = time.perf_counter()
+        work, refused = self.labeller.prepare(parsed)
+        prepared = time.perf_counter()
         outcomes = self.labeller.infer(work)
-        return outcomes, time.perf_counter() - start
+        return _Chunk(work, outcomes, refused, prepared - start, time.perf_counter() - prepared)
 
     def _produce_label(self, item: Work, outcome: Outcome) -> None:
         now = time.time()

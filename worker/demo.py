@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -88,6 +89,7 @@ def run_demo(timeout_s: float = 300.0) -> int:
             gc.collect()
             broker.stop()
             print("local broker stopped")
+        shutil.rmtree(workdir, ignore_errors=True)  # the broker's log segments
 
 
 def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: float) -> int:

@@ -100,6 +100,9 @@ def make_topics(admin: AdminClient) -> dict[str, str]:
     return topics
 
 
+DECODE_PROCESSES = 0  # set from --decode-processes
+
+
 def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
                  max_messages: int, max_wait_ms: int, index: int = 0
                  ) -> tuple[subprocess.Popen, int]:
@@ -115,6 +118,7 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
         f"  dead_letter: {topics['dead']}\n"
         f"group_id: bench-{topics['input']}\n"
         f"batch:\n  max_messages: {max_messages}\n  max_wait_ms: {max_wait_ms}\n"
+        f"  decode_processes: {DECODE_PROCESSES}\n"
         f"metrics:\n  port: {port}\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(config)],
@@ -280,9 +284,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--max-messages", type=int, default=500)
     parser.add_argument("--max-wait-ms", type=int, default=50)
+    parser.add_argument("--decode-processes", type=int, default=0,
+                        help="batch.decode_processes of each worker")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes in the consumer group (3 partitions)")
     args = parser.parse_args()
+    global DECODE_PROCESSES
+    DECODE_PROCESSES = args.decode_processes
     data = args.data or next((Path(p) for p in (os.environ.get("STAMP_DATA_DIR"),
                                                  Path.cwd().parent / "shared" / "data")
                               if p and Path(p).is_dir()), None)
@@ -307,8 +315,8 @@ def main() -> int:
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())
     print(f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; input: "
-          f"{described}; {args.workers} worker process(es), batch ≤ {args.max_messages} "
-          f"messages / {args.max_wait_ms} ms")
+          f"{described}; {args.workers} worker process(es) with {args.decode_processes} decode "
+          f"helper(s), batch ≤ {args.max_messages} messages / {args.max_wait_ms} ms")
     print("\n| measurement | value |\n|---|---:|")
     print(f"| sustained throughput (backlog of {args.backlog}) | {tput['rate']:,.0f} alerts/s |")
     print(f"| offered rate | {lat['offered_rate']:,.0f} alerts/s for {args.duration:.0f} s |")

@@ -616,15 +616,22 @@ class BatchConfig:
         Longest wait for a batch to fill [ms], 1 to 1000; bounds the latency added at
         low rates.  At most one second, because one wait is one ``consume()`` call (a
         rebalance may only happen between batches) and SIGTERM is checked between calls.
+    decode_processes : int
+        Helper processes that decode and preprocess alerts (0 to 64).  0: the worker's
+        own process does it.  Decoding is pure Python for a good part, so one process
+        cannot use a second core for it; with helpers, chunks of a batch are decoded in
+        parallel while the worker runs the model on the chunks already done.
     """
 
     max_messages: int = 500
     max_wait_ms: int = 200
+    decode_processes: int = 0
 
     def __post_init__(self) -> None:
         checks = _Checks(self, "batch")
         checks.field("max_messages", _integer, low=1, high=MAX_BATCH_MESSAGES)
         checks.field("max_wait_ms", _integer, low=1, high=MAX_WAIT_MS, unit="ms")
+        checks.field("decode_processes", _integer, low=0, high=64)
         checks.done()
 
 

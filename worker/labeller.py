@@ -18,7 +18,7 @@ from worker.config import AsteroidPolicy
 from worker.errors import AlertError
 from worker.model import CLASS_NAMES, StampModel
 from worker.output import Source, label_record
-from worker.stamps import PREPROCESSING_VERSION, ModelInput, prepare_alert
+from worker.stamps import PREPROCESSING_VERSION, ModelInput, PreprocessConfig, prepare_alert
 
 ASTEROID = CLASS_NAMES.index("asteroid")
 
@@ -37,12 +37,15 @@ class Work:
         Model input; None when the asteroid policy labels it without the model.
     consumed_at_ms : int
         When its message was read [ms since Unix epoch].
+    tag : int
+        The caller's reference, from :class:`Parsed`.
     """
 
     alert: Alert
     source: Source
     prepared: ModelInput | None
     consumed_at_ms: int
+    tag: int = 0
 
 
 @dataclass(slots=True)
@@ -127,17 +130,24 @@ class Labeller:
 
     Parameters
     ----------
-    model : StampModel
-        The loaded model (its manifest gives the preprocessing).
+    model : StampModel or None
+        The loaded model (its manifest gives the preprocessing); None in a process that
+        only decodes (:meth:`parse`, :meth:`prepare`).
     decoder : AlertDecoder, optional
         Alert decoder (one with a schema registry for Confluent-framed input).
     asteroid_policy : AsteroidPolicy, optional
         Label known solar-system objects without the model (off by default).
+    preprocess : PreprocessConfig, optional
+        The preprocessing, when there is no model to give it.
     """
 
-    def __init__(self, model: StampModel, decoder: AlertDecoder | None = None,
-                 asteroid_policy: AsteroidPolicy | None = None) -> None:
+    def __init__(self, model: StampModel | None, decoder: AlertDecoder | None = None,
+                 asteroid_policy: AsteroidPolicy | None = None,
+                 preprocess: PreprocessConfig | None = None) -> None:
+        if model is None and preprocess is None:
+            raise ValueError("a Labeller needs a model, or a preprocessing to decode only")
         self.model = model
+        self.preprocess = preprocess if preprocess is not None else model.preprocess
         self.decoder = decoder or AlertDecoder()
         self.policy = asteroid_policy or AsteroidPolicy()
 
@@ -213,14 +223,14 @@ class Labeller:
             alert = item.alert
             if policy.enabled and known_asteroid(alert, policy.max_ssdistnr_arcsec,
                                                  policy.max_ssmagnr):
-                work.append(Work(alert, item.source, None, item.consumed_at_ms))
+                work.append(Work(alert, item.source, None, item.consumed_at_ms, item.tag))
                 continue
             try:
-                prepared = prepare_alert(alert, self.model.preprocess)
+                prepared = prepare_alert(alert, self.preprocess)
             except AlertError as err:
                 refused.append((item, Rejected(err, item.record_index)))
                 continue
-            work.append(Work(alert, item.source, prepared, item.consumed_at_ms))
+            work.append(Work(alert, item.source, prepared, item.consumed_at_ms, item.tag))
         return work, refused
 
     def infer(self, work: Sequence[Work]) -> list[Outcome]:

@@ -12,10 +12,10 @@ The only module that knows Kafka's commit rules:
   the batch is committed, and a restarted worker processes the batch again.
 * SIGTERM/SIGINT only set a flag; the batch in hand is finished, committed, and the
   consumer closed (exit status 0).  Poll timeouts stay ≤ 1 s so the flag is seen.
-* Within a batch, a second thread decompresses, preprocesses and classifies chunk by
-  chunk (:data:`INFER_CHUNK` alerts) while the loop Avro-decodes the next messages; the
-  batch still produces and commits only when every chunk is done, so the commit rules
-  above do not change.
+* With ``batch.decode_processes`` > 0, helper processes (:mod:`worker.decodepool`)
+  decode chunks of the batch in parallel while this process runs the model on the
+  chunks already back; the batch still produces and commits only when every chunk is
+  done, so the commit rules above do not change.
 * Rebalances happen inside ``consume()``, between batches, when everything consumed so
   far is committed: ``on_revoke`` has nothing pending; ``on_lost`` commits nothing.
 """
@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,16 +34,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from worker.alerts import AlertDecoder
 from worker.config import WorkerConfig
-from worker.labeller import Labeller, Outcome, Parsed, Rejected, Work
+from worker.decodepool import DecodePool, refusal_to_rejected
+from worker.labeller import Labeller, Outcome, Rejected, Work
 from worker.metrics import HealthState, WorkerMetrics, jd_to_unix
 from worker.model import StampModel
 from worker.output import Source, dead_letter_headers, encode_label
 from worker.stamps import PREPROCESSING_VERSION
 
 log = logging.getLogger("stamp_worker")
-# Alerts per chunk of the model thread: small enough that Avro decoding of the next chunk
-# overlaps the rest of this one, large enough to keep the model efficient.
-INFER_CHUNK = 128
+# Most messages per chunk sent to a decode helper: small enough that the model can work
+# on the first chunks while the helpers decode the next, large enough to amortize IPC.
+DECODE_CHUNK = 128
 
 
 class DeliveryError(RuntimeError):
@@ -61,17 +61,6 @@ class _Pending:
 
     errors: list[str] = field(default_factory=list)
     delivered: int = 0
-
-
-@dataclass
-class _Chunk:
-    """What the model thread returns for one chunk of a batch."""
-
-    work: list[Work]
-    outcomes: list[Outcome]
-    refused: list[tuple[Parsed, Rejected]]
-    prepare_seconds: float
-    model_seconds: float
 
 
 def _source(message: Message) -> Source:
@@ -104,7 +93,10 @@ class Worker:
         self.metrics = metrics
         self.health = health
         self.labeller = Labeller(model, decoder or AlertDecoder(), config.asteroid_policy)
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="stamp-model")
+        self._pool = (DecodePool(config.batch.decode_processes, model.preprocess,
+                                 config.asteroid_policy, config.registry.url,
+                                 config.registry.client)
+                      if config.batch.decode_processes > 0 else None)
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._pending = _Pending()
@@ -179,7 +171,8 @@ class Worker:
         return 0
 
     def _close(self) -> None:
-        self._model_thread.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.close()
         remaining = self.producer.flush(self.config.shutdown_timeout_s)
         if remaining:
             log.error("%d produced records were not delivered before shutdown", remaining)
@@ -213,14 +206,7 @@ class Worker:
         consumed_at_ms = int(time.time() * 1000)
         self.metrics.observe_batch(len(messages))
         offsets: dict[tuple[str, int], int] = {}
-        dead: list[tuple[Message, Rejected]] = []
-        # Two threads share a batch: this one Avro-decodes the messages (pure Python,
-        # holding the GIL); the model thread, chunk by chunk, decompresses the cutouts,
-        # preprocesses and runs the model — gunzip, numpy and the backends release the
-        # GIL, so on two cores the stages overlap instead of adding up.
-        chunks: list[Future[_Chunk]] = []
-        parsed: list[Parsed] = []
-        parse_start = time.perf_counter()
+        items: list[tuple[bytes, Source, int, int]] = []
         for position, message in enumerate(messages):
             if message.error() is not None:
                 if message.error().code() == KafkaError._PARTITION_EOF:
@@ -229,28 +215,12 @@ class Worker:
             self.metrics.consumed.inc()
             key = (message.topic(), message.partition())
             offsets[key] = max(offsets.get(key, -1), message.offset())
-            good, bad = self.labeller.parse(message.value() or b"", _source(message),
-                                            consumed_at_ms, position)
-            parsed += good
-            dead += [(message, r) for r in bad]
-            if len(parsed) >= INFER_CHUNK:
-                chunks.append(self._model_thread.submit(self._prepare_and_infer, parsed))
-                parsed = []
-        if parsed or not chunks:
-            chunks.append(self._model_thread.submit(self._prepare_and_infer, parsed))
-        parse_seconds = time.perf_counter() - parse_start
-        work: list[Work] = []
-        outcomes: list[Outcome] = []
-        prepare_seconds = model_seconds = 0.0
-        for future in chunks:
-            chunk = future.result()   # re-raises a failure of the model thread: no commit
-            work += chunk.work
-            outcomes += chunk.outcomes
-            dead += [(messages[p.tag], r) for p, r in chunk.refused]
-            prepare_seconds += chunk.prepare_seconds
-            model_seconds += chunk.model_seconds
-        self.metrics.stage_seconds.labels(stage="decode").observe(parse_seconds + prepare_seconds)
-        self.metrics.stage_seconds.labels(stage="infer").observe(model_seconds)
+            items.append((message.value() or b"", _source(message), consumed_at_ms, position))
+        if self._pool is not None:
+            work, outcomes, refused = self._classify_in_pool(items)
+        else:
+            work, outcomes, refused = self._classify_here(items)
+        dead = [(messages[tag], rejected) for tag, rejected in refused]
         if self.config.exactly_once:
             self.producer.begin_transaction()
         self._pending = _Pending()
@@ -281,12 +251,43 @@ class Worker:
         except KafkaException as exc:
             log.error("could not abort the batch's transaction: %s", exc)
 
-    def _prepare_and_infer(self, parsed: list[Parsed]) -> _Chunk:
+    def _classify_here(self, items: list[tuple[bytes, Source, int, int]]
+                       ) -> tuple[list[Work], list[Outcome], list[tuple[int, Rejected]]]:
+        """Decode in this process, then one model call for the batch."""
+        work: list[Work] = []
+        refused: list[tuple[int, Rejected]] = []
+        with self.metrics.time_stage("decode"):
+            for value, source, consumed_at_ms, tag in items:
+                good, bad = self.labeller.decode(value, source, consumed_at_ms)
+                work += good
+                refused += [(tag, r) for r in bad]
+        with self.metrics.time_stage("infer"):
+            outcomes = self.labeller.infer(work)
+        return work, outcomes, refused
+
+    def _classify_in_pool(self, items: list[tuple[bytes, Source, int, int]]
+                          ) -> tuple[list[Work], list[Outcome], list[tuple[int, Rejected]]]:
+        """Helpers decode chunks in parallel; the model runs on each chunk as it arrives."""
+        assert self._pool is not None
+        size = max(1, min(DECODE_CHUNK, -(-len(items) // self.config.batch.decode_processes)))
         start = time.perf_counter()
-        work, refused = self.labeller.prepare(parsed)
-        prepared = time.perf_counter()
-        outcomes = self.labeller.infer(work)
-        return _Chunk(work, outcomes, refused, prepared - start, time.perf_counter() - prepared)
+        futures = [self._pool.submit(items[i:i + size]) for i in range(0, len(items), size)]
+        work: list[Work] = []
+        outcomes: list[Outcome] = []
+        refused: list[tuple[int, Rejected]] = []
+        model_seconds = 0.0
+        for future in futures:
+            chunk_work, chunk_refused = future.result()  # a helper's failure: no commit
+            refused += [refusal_to_rejected(r) for r in chunk_refused]
+            began = time.perf_counter()
+            outcomes += self.labeller.infer(chunk_work)
+            model_seconds += time.perf_counter() - began
+            work += chunk_work
+        # Decoding overlaps inference here: "decode" is the batch's time not in the model.
+        self.metrics.stage_seconds.labels(stage="decode").observe(
+            time.perf_counter() - start - model_seconds)
+        self.metrics.stage_seconds.labels(stage="infer").observe(model_seconds)
+        return work, outcomes, refused
 
     def _produce_label(self, item: Work, outcome: Outcome) -> None:
         now = time.time()

@@ -104,13 +104,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
 
 
 def write_config(path: Path, bootstrap: str, topics: dict[str, str], group: str,
-                 model_dir: Path, **extra: str) -> Path:
+                 model_dir: Path, decode_processes: int = 0, **extra: str) -> Path:
     lines = [
         "kafka:", f"  bootstrap_servers: '{bootstrap}'",
         "topics:", f"  input: [{topics['input']}]", f"  output: {topics['output']}",
         f"  dead_letter: {topics['dlq']}",
         f"group_id: {group}",
         "batch:", "  max_messages: 64", "  max_wait_ms: 100",
+        f"  decode_processes: {decode_processes}",
         f"model_path: '{model_dir}'",
         "metrics:", f"  port: {extra.pop('metrics_port', 0)}",
     ]
@@ -150,14 +151,16 @@ def run_until_committed(worker: Worker, bootstrap: str, group: str, topic: str,
     assert not thread.is_alive()
 
 
+@pytest.mark.parametrize("decode_processes", [0, 2])
 def test_every_alert_is_labelled_or_dead_lettered(kafka_bootstrap: str, topics: dict,
-                                                  model_dir: Path, tmp_path: Path) -> None:
+                                                  model_dir: Path, tmp_path: Path,
+                                                  decode_processes: int) -> None:
     payloads = sample_payloads()
     candids, reasons = expected_outcome(payloads)
     group = f"worker-{uuid.uuid4().hex[:8]}"
     produce(kafka_bootstrap, topics["input"], payloads)
     worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
-                                      model_dir))
+                                      model_dir, decode_processes))
     run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
     labels = consume_all(kafka_bootstrap, topics["output"], sum(candids.values()))
     dead = consume_all(kafka_bootstrap, topics["dlq"], sum(reasons.values()))
@@ -240,10 +243,35 @@ def test_exactly_once_aborts_a_failed_batch_and_publishes_each_label_once(
     assert sum(committed(kafka_bootstrap, group, topics["input"], 3)) == len(payloads)
 
 
-def _start_cli(config: Path) -> subprocess.Popen:
+def _start_cli(config: Path, new_session: bool = False) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(config)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session)
+
+
+def test_sigint_to_the_process_group_drains_with_decode_helpers(
+        kafka_bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches the worker and its helpers alike: the helpers must not die under
+    the batch in hand; the worker drains, commits and exits 0."""
+    payloads = [synthetic_alert(seed) for seed in range(600)]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          decode_processes=2)
+    proc = _start_cli(config, new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 3)) > 0:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "stopped cleanly" in output
+    done = sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 3))
+    labelled = consume_all(kafka_bootstrap, topics["output"], done, timeout=20)
+    assert len({r["candid"] for m in labelled for r in decode_labels(m.value())}) >= done > 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

@@ -128,6 +128,11 @@ class DecodePool:
         """Decode one chunk in a helper; the future's result is :func:`decode_chunk`'s."""
         return self._executor.submit(decode_chunk, list(items))
 
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the helpers (for monitoring their CPU and memory)."""
+        return sorted(self._executor._processes or {})  # noqa: SLF001 - no public accessor
+
     def close(self) -> None:
         """Stop the helpers (waits for chunks in progress)."""
         self._executor.shutdown(wait=True, cancel_futures=True)

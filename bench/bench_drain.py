@@ -1,0 +1,154 @@
+"""CPU cost of the worker per alert, and what decode helper processes change.
+
+For each ``--decode-processes`` value: a fresh topic (3 partitions) is filled with
+``--backlog`` alerts (the single-alert ZTF files of ``../shared/data`` cycled, or built
+ones), then a :class:`worker.pipeline.Worker` (bundled model, batches of 500) drains it
+in this process; the clock runs from the start of the loop until the group's committed
+offsets cover the backlog, so model loading and helper start-up are excluded, and no
+load generator shares the cores. CPU time is read from ``/proc`` for the worker, its
+helpers and the broker (when this script started it).
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_drain.py [--backlog 6000] [--decode-processes 0 1 2 3]
+        [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import CollectorRegistry
+
+from worker import devbroker
+from worker.config import BatchConfig, MetricsConfig, TopicsConfig, default_config
+from worker.metrics import HealthState, WorkerMetrics
+from worker.model import StampModel
+from worker.packets import synthetic_alert
+from worker.pipeline import Worker
+
+PARTITIONS = 3
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far [s] (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def load_alerts(data: Path | None) -> list[bytes]:
+    if data is not None:
+        files = sorted((data / "ztf-alerts").glob("**/*.avro"))
+        if files:
+            return [p.read_bytes() for p in files]
+    return [synthetic_alert(seed) for seed in range(400)]
+
+
+def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
+          model: StampModel, broker_pid: int | None) -> dict[str, float]:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"input": f"drain-in-{suffix}", "output": f"drain-out-{suffix}",
+              "dead": f"drain-dead-{suffix}"}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topics["input"], PARTITIONS, 1),
+                                       NewTopic(topics["output"], 1, 1),
+                                       NewTopic(topics["dead"], 1, 1)]).values():
+        future.result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "message.max.bytes": 16 * 1024 * 1024})
+    for i in range(backlog):
+        producer.produce(topics["input"], alerts[i % len(alerts)], key=str(i).encode())
+        if i % 500 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    config = dataclasses.replace(
+        default_config(bootstrap), group_id=f"drain-{suffix}", metrics=MetricsConfig(port=0),
+        topics=TopicsConfig(input=(topics["input"],), output=topics["output"],
+                            dead_letter=topics["dead"]),
+        batch=BatchConfig(max_messages=500, max_wait_ms=50, decode_processes=processes))
+    worker = Worker(config, model, WorkerMetrics(CollectorRegistry()), HealthState())
+    helpers = worker._pool.pids if worker._pool is not None else []  # noqa: SLF001
+    pids = {"worker": [os.getpid()], "helpers": helpers,
+            "broker": [broker_pid] if broker_pid else []}
+    before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+    thread = threading.Thread(target=worker.run)
+    start = time.perf_counter()
+    thread.start()
+    check = Consumer({"bootstrap.servers": bootstrap, "group.id": config.group_id})
+    while True:
+        done = check.committed([TopicPartition(topics["input"], p) for p in range(PARTITIONS)],
+                               10)
+        if sum(max(tp.offset, 0) for tp in done) >= backlog:
+            break
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - start
+    after = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+    worker.request_stop()
+    thread.join()
+    check.close()
+    for future in admin.delete_topics(list(topics.values())).values():
+        future.result(30)
+    out = {"rate": backlog / elapsed}
+    out.update({f"{k}_us": (after[k] - before[k]) / backlog * 1e6 for k in pids})
+    out["cores"] = sum(after[k] - before[k] for k in pids) / elapsed
+    return out
+
+
+def main() -> int:
+    """Drain a backlog for each helper count; print one Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--backlog", type=int, default=6000)
+    parser.add_argument("--decode-processes", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    data = args.data or next((Path(p) for p in (os.environ.get("STAMP_DATA_DIR"),
+                                                 Path.cwd().parent / "shared" / "data")
+                              if p and Path(p).is_dir()), None)
+    alerts = load_alerts(data)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = devbroker.start(workdir / "kafka")
+        bootstrap = broker.bootstrap_servers
+    model = StampModel.load()
+    model.warm_up(512)
+    rows = []
+    try:
+        for _ in range(args.repeat):
+            for processes in args.decode_processes:
+                rows.append((processes, drain(bootstrap, alerts, args.backlog, processes, model,
+                                              broker.pid if broker else None)))
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{os.cpu_count()} cores; backlog {args.backlog} alerts, batches of 500; "
+          "CPU per alert [µs]")
+    print("\n| decode_processes | alerts/s | worker | helpers | broker | cores busy |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for processes, r in rows:
+        broker_us = f"{r['broker_us']:,.0f}" if broker else "n/a"
+        print(f"| {processes} | {r['rate']:,.0f} | {r['worker_us']:,.0f} | "
+              f"{r['helpers_us']:,.0f} | {broker_us} | {r['cores']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,23 +19,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
+from common import broker_for_run, data_dir, load_alerts
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from worker import devbroker
 from worker.config import BatchConfig, MetricsConfig, TopicsConfig, default_config
 from worker.metrics import HealthState, WorkerMetrics
 from worker.model import StampModel
-from worker.packets import synthetic_alert
 from worker.pipeline import Worker
 
 PARTITIONS = 3
@@ -49,14 +46,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def load_alerts(data: Path | None) -> list[bytes]:
-    if data is not None:
-        files = sorted((data / "ztf-alerts").glob("**/*.avro"))
-        if files:
-            return [p.read_bytes() for p in files]
-    return [synthetic_alert(seed) for seed in range(400)]
 
 
 def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
@@ -117,34 +106,21 @@ def main() -> int:
     parser.add_argument("--decode-processes", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    data = args.data or next((Path(p) for p in (os.environ.get("STAMP_DATA_DIR"),
-                                                 Path.cwd().parent / "shared" / "data")
-                              if p and Path(p).is_dir()), None)
-    alerts = load_alerts(data)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-drain-"))
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = devbroker.start(workdir / "kafka")
-        bootstrap = broker.bootstrap_servers
+    alerts, _ = load_alerts(data_dir(args.data))
     model = StampModel.load()
     model.warm_up(512)
     rows = []
-    try:
+    with broker_for_run("bench-drain-") as (bootstrap, broker_pid, _):
         for _ in range(args.repeat):
             for processes in args.decode_processes:
                 rows.append((processes, drain(bootstrap, alerts, args.backlog, processes, model,
-                                              broker.pid if broker else None)))
-    finally:
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+                                              broker_pid)))
     print(f"{os.cpu_count()} cores; backlog {args.backlog} alerts, batches of 500; "
           "CPU per alert [µs]")
     print("\n| decode_processes | alerts/s | worker | helpers | broker | cores busy |")
     print("|---:|---:|---:|---:|---:|---:|")
     for processes, r in rows:
-        broker_us = f"{r['broker_us']:,.0f}" if broker else "n/a"
+        broker_us = f"{r['broker_us']:,.0f}" if broker_pid else "n/a"
         print(f"| {processes} | {r['rate']:,.0f} | {r['worker_us']:,.0f} | "
               f"{r['helpers_us']:,.0f} | {broker_us} | {r['cores']:.2f} |")
     return 0

@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -42,26 +40,16 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from common import broker_for_run, data_dir, load_alerts
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from worker import devbroker
 from worker.alerts import Alert, AlertDecoder
 from worker.errors import AlertError
 from worker.output import decode_labels
-from worker.packets import synthetic_alert
 from worker.stamps import prepare_alert
 
 PARTITIONS = 3
-
-
-def load_alerts(data: Path | None) -> tuple[list[bytes], str]:
-    """Single-alert messages: ZTF's own files (one alert each), else built ones."""
-    if data is not None:
-        files = sorted((data / "ztf-alerts").glob("**/*.avro"))
-        if files:
-            return [p.read_bytes() for p in files], f"{len(files)} real ZTF alert files"
-    return [synthetic_alert(seed) for seed in range(400)], "400 built alerts"
 
 
 def labels_per_message(alerts: list[bytes]) -> list[int]:
@@ -291,26 +279,13 @@ def main() -> int:
     args = parser.parse_args()
     global DECODE_PROCESSES
     DECODE_PROCESSES = args.decode_processes
-    data = args.data or next((Path(p) for p in (os.environ.get("STAMP_DATA_DIR"),
-                                                 Path.cwd().parent / "shared" / "data")
-                              if p and Path(p).is_dir()), None)
-    alerts, described = load_alerts(data)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = devbroker.start(workdir / "kafka")
-        bootstrap = broker.bootstrap_servers
-    try:
+    alerts, described = load_alerts(data_dir(args.data))
+    with broker_for_run("bench-e2e-") as (bootstrap, _, workdir):
         admin = AdminClient({"bootstrap.servers": bootstrap})
         tput = throughput(bootstrap, admin, alerts, args.backlog, workdir, args.max_messages,
                           args.workers)
         lat = latency(bootstrap, admin, alerts, args.rate, args.duration, workdir,
                       args.max_messages, args.max_wait_ms, args.workers)
-    finally:
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)  # GBs of broker log segments
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())

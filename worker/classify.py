@@ -220,10 +220,10 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
 
     from worker.config import AsteroidPolicy
     from worker.model import ModelError, StampModel
-    from worker.sources import SourceError, expand_paths, iter_payloads
+    from worker.sources import SourceError, expand_paths, read_inputs
 
     try:
-        expand_paths(paths)  # a typo in a path stops the command before the model loads
+        files = expand_paths(paths)  # a typo in a path stops it before the model loads
         model = StampModel.load(model_path)
     except (SourceError, ModelError) as exc:
         raise SystemExit(f"stamp-worker classify: {exc}") from exc
@@ -255,7 +255,7 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
                     bar.advance(task)
 
             writer = LabelWriter(stream, fmt)
-            classify_payloads(counted(iter_payloads(paths, on_error=unreadable)), labeller,
+            classify_payloads(counted(read_inputs(files, on_error=unreadable)), labeller,
                               writer, batch_size, refused, summary)
     finally:
         if stream is not sys.stdout:

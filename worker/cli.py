@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from worker.alerts import Alert, AlertDecoder
 from worker.errors import AlertError
-from worker.sources import SourceError, expand_paths, iter_payloads
+from worker.sources import SourceError, expand_paths, read_inputs
 from worker.stamps import PreprocessConfig, prepare_alert
 
 
@@ -61,7 +61,7 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     n_files = 0
     start = time.perf_counter()
     try:
-        expand_paths(paths)
+        files = expand_paths(paths)
     except SourceError as exc:
         raise SystemExit(f"stamp-worker inspect: {exc}") from exc
 
@@ -69,7 +69,7 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
         outcomes["unreadable_input"] += 1
         print(f"UNREADABLE {origin}: {message}")
 
-    for payload in iter_payloads(paths, on_error=unreadable):
+    for payload in read_inputs(files, on_error=unreadable):
         n_files += 1
         path = payload.origin
         for item in decoder.iter_records(payload.data):

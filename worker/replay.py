@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -397,7 +396,7 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
     """
     import os
 
-    from worker.sources import SourceError, expand_paths, is_archive, iter_payloads, shuffled
+    from worker.sources import SourceError, expand_paths, is_archive, read_inputs, shuffled
 
     def fail(message: str) -> SystemExit:
         return SystemExit(f"stamp-worker replay: {message}")
@@ -415,8 +414,7 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
         extra = parse_settings(settings)
         if limit is not None and limit < 0:
             raise ValueError(f"--limit must be ≥ 0, got {limit}")
-        if paths:
-            expand_paths(paths)
+        files = expand_paths(paths) if paths else []
     except (ValueError, SourceError) as exc:
         raise fail(str(exc)) from exc
     if start_ms is not None and end_ms is not None and end_ms <= start_ms:
@@ -428,13 +426,11 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
         topic_slice = TopicSlice(base, source_topic, start_ms, end_ms)
         stream: Iterable[Payload] = topic_slice
     else:
-        inputs: Sequence[str | Path] = paths
-        if shuffle and not any(is_archive(path) for path in expand_paths(paths)):
+        if shuffle and not any(is_archive(path) for path in files):
             # Plain files: shuffle the whole list, which costs no memory.
-            inputs = expand_paths(paths)
-            random.Random(seed).shuffle(inputs)
+            random.Random(seed).shuffle(files)
             shuffle = False
-        stream = iter_payloads(inputs, on_error=lambda o, m: (
+        stream = read_inputs(files, on_error=lambda o, m: (
             summary_unreadable.append((o, m)), print(f"UNREADABLE {o}: {m}", file=err)))
     if shuffle:
         # Archives are streams: mix them through a bounded buffer.

@@ -136,7 +136,17 @@ def iter_payloads(paths: Sequence[str | Path],
         A path does not exist (before anything is yielded), or an input is unreadable
         and no ``on_error`` was given.
     """
-    for path in expand_paths(paths):
+    yield from read_inputs(expand_paths(paths), on_error)
+
+
+def read_inputs(files: Iterable[Path], on_error: Callable[[str, str], None] | None = None
+                ) -> Iterator[Payload]:
+    """Yield the payloads of inputs already listed by :func:`expand_paths`.
+
+    For commands that check the paths first (and may reorder them): the folders are
+    walked once.  ``on_error`` and the errors raised are those of :func:`iter_payloads`.
+    """
+    for path in files:
         try:
             if is_archive(path):
                 yield from _iter_archive(path)

@@ -16,8 +16,15 @@ The only module that knows Kafka's commit rules:
   decode chunks of the batch in parallel while this process runs the model on the
   chunks already back; the batch still produces and commits only when every chunk is
   done, so the commit rules above do not change.
-* Rebalances happen inside ``consume()``, between batches, when everything consumed so
-  far is committed: ``on_revoke`` has nothing pending; ``on_lost`` commits nothing.
+* Batches overlap by one: batch k+1 is consumed (and handed to the helpers) before
+  batch k is classified, produced and committed, so the helpers decode k+1 while this
+  process works on k.  Commits stay in batch order and cover only the finished batch;
+  if batch k fails, k+1 is dropped uncommitted too.  When a batch is in flight the
+  next ``consume()`` does not wait, so a quiet stream adds no latency.
+* Rebalances happen inside ``consume()``: ``on_revoke`` finishes and commits the batch
+  in flight (the last moment its offsets may be committed); ``on_lost`` drops it
+  uncommitted (another member may own those partitions; a re-assignment starts again
+  from the committed offsets).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +69,16 @@ class _Pending:
 
     errors: list[str] = field(default_factory=list)
     delivered: int = 0
+
+
+@dataclass
+class _Batch:
+    """A consumed micro-batch between :meth:`Worker.start_batch` and ``finish_batch``."""
+
+    messages: Sequence[Message]
+    offsets: dict[tuple[str, int], int]
+    items: list[tuple[bytes, Source, int, int]]
+    futures: list[Future] | None = None
 
 
 def _source(message: Message) -> Source:
@@ -100,6 +118,7 @@ class Worker:
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._pending = _Pending()
+        self._in_flight: _Batch | None = None
         kafka = config.kafka
         consumer_conf: dict[str, Any] = {
             "session.timeout.ms": 45000,
@@ -154,17 +173,31 @@ class Worker:
         self.consumer.subscribe(list(self.config.topics.input), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         timeout = self.config.batch.max_wait_ms / 1000.0  # ≤ 1 s (validated)
-        batches = 0
+        started = 0
         try:
             while not self._stop.is_set():
-                messages = self.consumer.consume(self.config.batch.max_messages, timeout)
+                if max_batches is not None and started >= max_batches:
+                    break
+                # With a batch in flight, take only what is already fetched: waiting
+                # would hold back that batch's labels in a quiet stream.
+                messages = self.consumer.consume(self.config.batch.max_messages,
+                                                 0 if self._in_flight else timeout)
                 self.health.beat()
                 self.producer.poll(0)
-                if messages:
-                    self.process_batch(messages)
-                    batches += 1
-                    if max_batches is not None and batches >= max_batches:
-                        break
+                batch = self.start_batch(messages) if messages else None
+                started += batch is not None
+                previous, self._in_flight = self._in_flight, batch
+                if previous is not None:
+                    self.finish_batch(previous)
+            # Stopping: the batch in hand is finished and committed.
+            last, self._in_flight = self._in_flight, None
+            if last is not None:
+                self.finish_batch(last)
+        except BaseException:
+            # Batch k failed: k+1 must not be committed later (by on_revoke in close()),
+            # or the restart would skip k.
+            self._in_flight = None
+            raise
         finally:
             self.health.set_ready(False, "stopping")
             self._close()
@@ -185,8 +218,10 @@ class Worker:
         self.health.set_ready(True)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches are committed before consume() returns control to librdkafka, so
-        # nothing is pending here; flushing keeps any in-flight dead letter ordered.
+        # The last moment the batch in flight may commit these partitions' offsets.
+        batch, self._in_flight = self._in_flight, None
+        if batch is not None:
+            self.finish_batch(batch)
         self.producer.flush(self.config.shutdown_timeout_s)
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         self.metrics.rebalances.labels(kind="revoke").inc()
@@ -194,7 +229,10 @@ class Worker:
             self.health.set_ready(False, "no partitions assigned")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Another member may own these partitions already: commit nothing.
+        # Another member may own these partitions already: commit nothing, and drop
+        # the batch in flight (its messages are read again from the committed offsets
+        # by whoever is assigned them next, this worker included).
+        self._in_flight = None
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         self.metrics.rebalances.labels(kind="lost").inc()
         if not self._assigned:
@@ -203,6 +241,14 @@ class Worker:
     # ------------------------------------------------------------------ one batch
     def process_batch(self, messages: Sequence[Message]) -> None:
         """Decode, classify, publish and commit one micro-batch (all or nothing)."""
+        self.finish_batch(self.start_batch(messages))
+
+    def start_batch(self, messages: Sequence[Message]) -> _Batch:
+        """Take a consumed micro-batch in.
+
+        It is counted, its offsets noted, and its messages handed to the decode helpers
+        when there are some; nothing is produced or committed yet.
+        """
         consumed_at_ms = int(time.time() * 1000)
         self.metrics.observe_batch(len(messages))
         offsets: dict[tuple[str, int], int] = {}
@@ -216,10 +262,21 @@ class Worker:
             key = (message.topic(), message.partition())
             offsets[key] = max(offsets.get(key, -1), message.offset())
             items.append((message.value() or b"", _source(message), consumed_at_ms, position))
+        batch = _Batch(messages, offsets, items)
         if self._pool is not None:
-            work, outcomes, refused = self._classify_in_pool(items)
+            size = max(1, min(DECODE_CHUNK,
+                              -(-len(items) // self.config.batch.decode_processes)))
+            batch.futures = [self._pool.submit(items[i:i + size])
+                             for i in range(0, len(items), size)]
+        return batch
+
+    def finish_batch(self, batch: _Batch) -> None:
+        """Classify, publish and commit a batch from :meth:`start_batch` (all or nothing)."""
+        messages, offsets = batch.messages, batch.offsets
+        if batch.futures is not None:
+            work, outcomes, refused = self._classify_in_pool(batch)
         else:
-            work, outcomes, refused = self._classify_here(items)
+            work, outcomes, refused = self._classify_here(batch.items)
         dead = [(messages[tag], rejected) for tag, rejected in refused]
         if self.config.exactly_once:
             self.producer.begin_transaction()
@@ -265,25 +322,24 @@ class Worker:
             outcomes = self.labeller.infer(work)
         return work, outcomes, refused
 
-    def _classify_in_pool(self, items: list[tuple[bytes, Source, int, int]]
+    def _classify_in_pool(self, batch: _Batch
                           ) -> tuple[list[Work], list[Outcome], list[tuple[int, Rejected]]]:
         """Helpers decode chunks in parallel; the model runs on each chunk as it arrives."""
-        assert self._pool is not None
-        size = max(1, min(DECODE_CHUNK, -(-len(items) // self.config.batch.decode_processes)))
+        assert batch.futures is not None
         start = time.perf_counter()
-        futures = [self._pool.submit(items[i:i + size]) for i in range(0, len(items), size)]
         work: list[Work] = []
         outcomes: list[Outcome] = []
         refused: list[tuple[int, Rejected]] = []
         model_seconds = 0.0
-        for future in futures:
+        for future in batch.futures:
             chunk_work, chunk_refused = future.result()  # a helper's failure: no commit
             refused += [refusal_to_rejected(r) for r in chunk_refused]
             began = time.perf_counter()
             outcomes += self.labeller.infer(chunk_work)
             model_seconds += time.perf_counter() - began
             work += chunk_work
-        # Decoding overlaps inference here: "decode" is the batch's time not in the model.
+        # Decoding overlaps inference and the previous batch: "decode" is the time this
+        # batch waited for its helpers, not in the model.
         self.metrics.stage_seconds.labels(stage="decode").observe(
             time.perf_counter() - start - model_seconds)
         self.metrics.stage_seconds.labels(stage="infer").observe(model_seconds)

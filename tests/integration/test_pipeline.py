@@ -104,13 +104,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
 
 
 def write_config(path: Path, bootstrap: str, topics: dict[str, str], group: str,
-                 model_dir: Path, decode_processes: int = 0, **extra: str) -> Path:
+                 model_dir: Path, decode_processes: int = 0, max_messages: int = 64,
+                 **extra: str) -> Path:
     lines = [
         "kafka:", f"  bootstrap_servers: '{bootstrap}'",
         "topics:", f"  input: [{topics['input']}]", f"  output: {topics['output']}",
         f"  dead_letter: {topics['dlq']}",
         f"group_id: {group}",
-        "batch:", "  max_messages: 64", "  max_wait_ms: 100",
+        "batch:", f"  max_messages: {max_messages}", "  max_wait_ms: 100",
         f"  decode_processes: {decode_processes}",
         f"model_path: '{model_dir}'",
         "metrics:", f"  port: {extra.pop('metrics_port', 0)}",
@@ -206,6 +207,103 @@ def test_processing_failure_commits_nothing(kafka_bootstrap: str, topics: dict,
     run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
     labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
     assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 20
+
+
+class FailingOnCall(FailingModel):
+    """A model whose n-th inference fails; the calls before it succeed."""
+
+    def __init__(self, real: StampModel, failing_call: int) -> None:
+        super().__init__(real)
+        self.calls, self.failing_call = 0, failing_call
+
+    def predict(self, images: np.ndarray, features: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.failing_call:
+            raise RuntimeError("inference failed (test)")
+        return self._real.predict(images, features)
+
+
+def test_a_failed_batch_commits_neither_itself_nor_the_batch_consumed_after_it(
+        kafka_bootstrap: str, topic_factory, model_dir: Path, tmp_path: Path) -> None:
+    """Batches overlap by one: batch 3 is consumed (and sent to the helpers) before batch
+    2 is classified.  When batch 2 fails, only batch 1's offsets may be committed."""
+    topics = {"input": topic_factory("alerts", partitions=1), "output": topic_factory("labels"),
+              "dlq": topic_factory("dead")}
+    payloads = [synthetic_alert(seed) for seed in range(40)]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          decode_processes=1, max_messages=8)
+    # One chunk per batch with one helper: predict call n is batch n.
+    worker = make_worker(config, FailingOnCall(StampModel.load(model_dir), failing_call=2))
+    sizes: list[int] = []
+    real_start = worker.start_batch
+
+    def recording_start(messages):
+        sizes.append(len(messages))
+        return real_start(messages)
+
+    worker.start_batch = recording_start
+    with pytest.raises(RuntimeError, match="inference failed"):
+        worker.run()
+    assert len(sizes) >= 3, f"batch 3 was not in flight when batch 2 failed: {sizes}"
+    assert committed(kafka_bootstrap, group, topics["input"], 1) == [sizes[0]]
+    labels = consume_all(kafka_bootstrap, topics["output"], sizes[0], timeout=5)
+    assert len(labels) == sizes[0]
+    # A restarted worker labels the rest: nothing was skipped.
+    worker = make_worker(config)
+    run_until_committed(worker, kafka_bootstrap, group, topics["input"], 1, len(payloads))
+    labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
+    assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 40
+
+
+def test_on_revoke_publishes_and_commits_the_batch_in_flight(
+        kafka_bootstrap: str, topic_factory, model_dir: Path, tmp_path: Path) -> None:
+    topics = {"input": topic_factory("alerts", partitions=1), "output": topic_factory("labels"),
+              "dlq": topic_factory("dead")}
+    produce(kafka_bootstrap, topics["input"], [synthetic_alert(seed) for seed in range(10)])
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
+                                      model_dir, decode_processes=1))
+    worker.consumer.subscribe([topics["input"]])
+    messages: list = []
+    deadline = time.monotonic() + 30
+    while len(messages) < 10 and time.monotonic() < deadline:
+        messages += worker.consumer.consume(10, 0.5)
+    worker._in_flight = worker.start_batch(messages)  # noqa: SLF001 - as run() leaves it
+    worker._on_revoke(worker.consumer, worker.consumer.assignment())  # noqa: SLF001
+    assert worker._in_flight is None  # noqa: SLF001
+    assert committed(kafka_bootstrap, group, topics["input"], 1) == [10]
+    assert len(consume_all(kafka_bootstrap, topics["output"], 10)) == 10
+    worker._close()  # noqa: SLF001
+
+
+def test_a_second_worker_joining_mid_run_loses_nothing(kafka_bootstrap: str, topics: dict,
+                                                       model_dir: Path, tmp_path: Path) -> None:
+    """A rebalance with batches in flight: between the two workers every alert is
+    labelled and every offset committed."""
+    payloads = [synthetic_alert(seed) for seed in range(600)]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          decode_processes=1, max_messages=8)
+    first, second = make_worker(config), make_worker(config)
+    thread = threading.Thread(target=first.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while first.metrics.consumed._value.get() < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.metrics.consumed._value.get() < len(payloads), "no backlog left to share"
+    revoked = first.metrics.rebalances.labels(kind="revoke")
+    run_until_committed(second, kafka_bootstrap, group, topics["input"], 3, len(payloads))
+    first.request_stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert revoked._value.get() >= 1
+    labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
+    candids = {r["candid"] for m in labels for r in decode_labels(m.value())}
+    assert len(candids) == len(payloads)  # at-least-once: duplicates allowed, no loss
+    assert sum(committed(kafka_bootstrap, group, topics["input"], 3)) == len(payloads)
 
 
 def test_exactly_once_aborts_a_failed_batch_and_publishes_each_label_once(

@@ -24,6 +24,7 @@ from worker.stamps import (
     parse_fits,
     place_on_grid,
     prepare_alert,
+    preprocess_batch,
     preprocess_stamps,
     stack_inputs,
 )
@@ -284,6 +285,53 @@ def test_all_nan_crop_is_an_error() -> None:
     with pytest.raises(AlertError) as err:
         preprocess_stamps([good, bad, good])
     assert err.value.reason is Reason.ALL_NAN and "template" in err.value.detail
+
+
+def _one_by_one(stamps: list[np.ndarray], crop: int) -> np.ndarray:
+    """The preprocessing written plainly for one alert, as the reference."""
+    lo = (stamps[0].shape[0] - crop) // 2
+    image = np.stack([s[lo:lo + crop, lo:lo + crop] for s in stamps], axis=-1).astype(np.float32)
+    image[~np.isfinite(image)] = 0.0
+    low = image.min(axis=(0, 1))
+    with np.errstate(over="ignore"):
+        span = image.max(axis=(0, 1)) - low
+    if not np.isfinite(span).all():
+        wide = image.astype(np.float64)
+        low64 = wide.min(axis=(0, 1))
+        span64 = wide.max(axis=(0, 1)) - low64
+        return ((wide - low64) / np.where(span64 > 0, span64, 1.0)).astype(np.float32)
+    image -= low
+    np.divide(image, span, out=image, where=span > 0)
+    return image
+
+
+def test_a_batch_is_bit_identical_to_each_alert_alone() -> None:
+    rng = np.random.default_rng(7)
+    triplets = []
+    for i in range(40):
+        stamps = [rng.normal(100, 20, (63, 63)).astype(">f4" if i % 2 else np.float32)
+                  for _ in range(3)]
+        if i % 5 == 1:
+            stamps[0][rng.random((63, 63)) < 0.2] = np.nan      # NaN pixels
+        if i % 7 == 2:
+            stamps[1][:] = 3.0                                   # constant stamp
+        if i % 9 == 3:
+            stamps[2][30, 30], stamps[2][31, 31] = 3e38, -3e38   # float32 range overflows
+        if i % 11 == 4:
+            stamps = [s.astype(np.float64) for s in stamps]      # BITPIX -64
+        triplets.append(stamps)
+    all_nan = [np.ones((63, 63), np.float32), np.full((63, 63), np.nan, np.float32),
+               np.ones((63, 63), np.float32)]
+    triplets.insert(17, all_nan)
+    images, errors = preprocess_batch(triplets, 21)
+    assert images.shape == (41, 21, 21, 3) and images.dtype == np.float32
+    assert [i for i, e in enumerate(errors) if e is not None] == [17]
+    assert errors[17].reason is Reason.ALL_NAN and "template" in errors[17].detail
+    for i, stamps in enumerate(triplets):
+        if i != 17:
+            np.testing.assert_array_equal(images[i], _one_by_one(stamps, 21), err_msg=str(i))
+            assert images[i].tobytes() == _one_by_one(stamps, 21).tobytes()
+    assert preprocess_batch([], 21)[0].shape == (0, 21, 21, 3)
 
 
 @pytest.mark.parametrize("crop", [5, 21, 33, 63])

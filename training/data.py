@@ -8,7 +8,7 @@ the user's explicit request (``stamp-train convert --i-trust-this-pickle``) and 
 once to an ``.npz`` file (plain arrays, read with ``allow_pickle=False``) that every
 other command reads.
 
-Preprocessing is :func:`worker.stamps.preprocess_stamps`, the worker's own: never a copy.
+Preprocessing is :func:`worker.stamps.preprocess_batch`, the worker's own: never a copy.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from worker.errors import AlertError
 from worker.features import FEATURE_NAMES, ecliptic_galactic, encode_isdiffpos, standardize
 from worker.model import CLASS_NAMES
-from worker.stamps import preprocess_stamps
+from worker.stamps import preprocess_batch
 
 STAMP_SHAPE = (63, 63, 3)
 
@@ -223,11 +222,11 @@ def preprocess_images(images: np.ndarray, crop_size: int = 21) -> tuple[np.ndarr
     """
     out = np.zeros((len(images), crop_size, crop_size, 3), np.float32)
     kept = np.ones(len(images), dtype=bool)
-    for i, image in enumerate(images):
-        try:
-            out[i] = preprocess_stamps([image[..., c] for c in range(3)], crop_size)
-        except AlertError:
-            kept[i] = False
+    for start in range(0, len(images), 4096):  # bounded memory for large datasets
+        chunk = images[start:start + 4096]
+        out[start:start + len(chunk)], errors = preprocess_batch(
+            [[image[..., c] for c in range(3)] for image in chunk], crop_size)
+        kept[start:start + len(chunk)] = [error is None for error in errors]
     return out[kept], kept
 
 
@@ -289,6 +288,10 @@ def balance_by_augmentation(images: np.ndarray, features: np.ndarray, labels: np
     order = rng.permutation(sum(len(y) for y in parts_y))
     return (np.concatenate(parts_x)[order], np.concatenate(parts_f)[order],
             np.concatenate(parts_y)[order])
+
+
+# How metadata features enter a model (see training.train.TrainConfig.feature_encoding).
+FEATURE_ENCODINGS = ("log-indicators", "standard")
 
 
 def feature_statistics(features: np.ndarray) -> tuple[list[float], list[float]]:

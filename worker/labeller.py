@@ -16,9 +16,16 @@ import numpy as np
 from worker.alerts import Alert, AlertDecoder
 from worker.config import AsteroidPolicy
 from worker.errors import AlertError
+from worker.features import metadata_features
 from worker.model import CLASS_NAMES, StampModel
 from worker.output import Source, label_record
-from worker.stamps import PREPROCESSING_VERSION, ModelInput, PreprocessConfig, prepare_alert
+from worker.stamps import (
+    PREPROCESSING_VERSION,
+    ModelInput,
+    PreprocessConfig,
+    decode_stamps,
+    preprocess_batch,
+)
 
 ASTEROID = CLASS_NAMES.index("asteroid")
 
@@ -216,21 +223,40 @@ class Labeller:
         (list of Work, list of (Parsed, Rejected))
             Records ready for :meth:`infer` in input order, and the records refused.
         """
-        work: list[Work] = []
         refused: list[tuple[Parsed, Rejected]] = []
         policy = self.policy
+        # Input order is kept: a slot is a finished Work (asteroid policy) or an alert
+        # whose stamps wait for the one vectorized preprocessing call of the batch.
+        slots: list[Work | tuple[Parsed, list[np.ndarray], bool]] = []
         for item in parsed:
             alert = item.alert
             if policy.enabled and known_asteroid(alert, policy.max_ssdistnr_arcsec,
                                                  policy.max_ssmagnr):
-                work.append(Work(alert, item.source, None, item.consumed_at_ms, item.tag))
+                slots.append(Work(alert, item.source, None, item.consumed_at_ms, item.tag))
                 continue
             try:
-                prepared = prepare_alert(alert, self.preprocess)
+                stamps, padded = decode_stamps(alert, self.preprocess)
             except AlertError as err:
                 refused.append((item, Rejected(err, item.record_index)))
                 continue
-            work.append(Work(alert, item.source, prepared, item.consumed_at_ms, item.tag))
+            slots.append((item, stamps, padded))
+        waiting = [slot for slot in slots if not isinstance(slot, Work)]
+        images, errors = preprocess_batch([stamps for _, stamps, _ in waiting],
+                                          self.preprocess.crop_size)
+        done = iter(zip(images, errors, strict=True))
+        work: list[Work] = []
+        for slot in slots:
+            if isinstance(slot, Work):
+                work.append(slot)
+                continue
+            item, _, padded = slot
+            image, error = next(done)
+            if error is not None:
+                refused.append((item, Rejected(error, item.record_index)))
+                continue
+            prepared = ModelInput(image=image, features=metadata_features(item.alert.candidate),
+                                  padded=padded)
+            work.append(Work(item.alert, item.source, prepared, item.consumed_at_ms, item.tag))
         return work, refused
 
     def infer(self, work: Sequence[Work]) -> list[Outcome]:

@@ -402,6 +402,68 @@ def place_on_grid(stamp: np.ndarray, size: int, xpos: float | None, ypos: float 
     return np.pad(stamp, pads, constant_values=np.nan), True
 
 
+def preprocess_batch(triplets: Sequence[Sequence[np.ndarray]], crop_size: int = 21
+                     ) -> tuple[np.ndarray, list[AlertError | None]]:
+    """Centre-crop, NaN→0 and min-max normalize the stamps of many alerts at once.
+
+    The one implementation of the preprocessing (:func:`preprocess_stamps` is this on a
+    batch of one): the same element-wise steps and exact min/max reductions, so a stamp
+    gives bit-identical model input alone or in any batch.  Vectorizing over the batch
+    saves the ~15 small numpy calls per alert that dominated this step.
+
+    Parameters
+    ----------
+    triplets : sequence of (science, template, difference)
+        Full-size stamps, each (S, S); S may differ between alerts, not within one.
+    crop_size : int
+        Side of the centre crop [pixels].
+
+    Returns
+    -------
+    (numpy.ndarray, list of AlertError or None)
+        (N, crop_size, crop_size, 3) float32 in [0, 1], and per alert ``None`` or the
+        ``all_nan`` error of a stamp whose crop holds no finite pixel (its image is
+        then meaningless).
+    """
+    images = np.empty((len(triplets), crop_size, crop_size, 3), np.float32)
+    for i, stamps in enumerate(triplets):
+        lo = (stamps[0].shape[0] - crop_size) // 2
+        hi = lo + crop_size
+        # Assignment copies the crop into native float32, so the in-place steps below
+        # never touch the decoded stamps.
+        for channel, stamp in enumerate(stamps):
+            images[i, :, :, channel] = stamp[lo:hi, lo:hi]
+    errors: list[AlertError | None] = [None] * len(triplets)
+    finite = np.isfinite(images)
+    if not finite.all():
+        empty = ~finite.any(axis=(1, 2))
+        for i in np.flatnonzero(empty.any(axis=1)):
+            names = [CHANNELS[c] for c in np.flatnonzero(empty[i])]
+            errors[i] = AlertError(Reason.ALL_NAN, f"{'/'.join(names)} crop has no finite pixel")
+        images[~finite] = 0.0
+    low = images.min(axis=(1, 2), keepdims=True)
+    with np.errstate(over="ignore"):
+        span = images.max(axis=(1, 2), keepdims=True) - low
+    wide = np.flatnonzero(~np.isfinite(span).all(axis=(1, 2, 3)))
+    if len(wide):
+        # Finite pixels near ±3.4e38 (a corrupt but well-formed stamp): the range
+        # overflows float32, so normalize those stamps in float64.
+        wide64 = images[wide].astype(np.float64)
+        low64 = wide64.min(axis=(1, 2), keepdims=True)
+        span64 = wide64.max(axis=(1, 2), keepdims=True) - low64
+        normalized = ((wide64 - low64) / np.where(span64 > 0, span64, 1.0)).astype(np.float32)
+        span[wide] = 1.0
+        low[wide] = 0.0
+    else:
+        normalized = None
+    images -= low
+    # A constant stamp has span 0: leave it all zeros instead of dividing by zero.
+    np.divide(images, span, out=images, where=span > 0)
+    if normalized is not None:
+        images[wide] = normalized
+    return images, errors
+
+
 def preprocess_stamps(stamps: Sequence[np.ndarray], crop_size: int = 21) -> np.ndarray:
     """Centre-crop, NaN→0 and min-max normalize three full-size stamps.
 
@@ -422,33 +484,45 @@ def preprocess_stamps(stamps: Sequence[np.ndarray], crop_size: int = 21) -> np.n
     AlertError
         ``all_nan`` when a stamp's crop holds no finite pixel.
     """
-    size = stamps[0].shape[0]
-    lo = (size - crop_size) // 2
-    hi = lo + crop_size
-    # Stacking copies the crop into native float32, so the in-place steps below never
-    # touch the decoded stamps.
-    image = np.stack([s[lo:hi, lo:hi] for s in stamps], axis=-1).astype(np.float32)
-    finite = np.isfinite(image)
-    if not finite.all():
-        empty = ~finite.any(axis=(0, 1))
-        if empty.any():
-            names = [CHANNELS[i] for i in np.flatnonzero(empty)]
-            raise AlertError(Reason.ALL_NAN, f"{'/'.join(names)} crop has no finite pixel")
-        image[~finite] = 0.0
-    low = image.min(axis=(0, 1))
-    with np.errstate(over="ignore"):
-        span = image.max(axis=(0, 1)) - low
-    if not np.isfinite(span).all():
-        # Finite pixels near ±3.4e38 (a corrupt but well-formed stamp): the range
-        # overflows float32, so normalize those stamps in float64.
-        wide = image.astype(np.float64)
-        low64 = wide.min(axis=(0, 1))
-        span64 = wide.max(axis=(0, 1)) - low64
-        return ((wide - low64) / np.where(span64 > 0, span64, 1.0)).astype(np.float32)
-    image -= low
-    # A constant stamp has span 0: leave it all zeros instead of dividing by zero.
-    np.divide(image, span, out=image, where=span > 0)
-    return image
+    images, errors = preprocess_batch([stamps], crop_size)
+    if errors[0] is not None:
+        raise errors[0]
+    return images[0]
+
+
+def decode_stamps(alert: Alert, config: PreprocessConfig | None = None
+                  ) -> tuple[list[np.ndarray], bool]:
+    """The three cutouts of an alert as full-size images.
+
+    Parameters
+    ----------
+    alert : Alert
+        A decoded alert.
+    config : PreprocessConfig, optional
+        Stamp size, non-square policy and limits.
+
+    Returns
+    -------
+    (list of numpy.ndarray, bool)
+        Science, template and difference, each (stamp_size, stamp_size), and whether
+        any was padded back to full size.
+
+    Raises
+    ------
+    AlertError
+        Any stamp-level reason (corrupt gzip, FITS, shape).
+    """
+    config = config or PreprocessConfig()
+    xpos = alert.candidate.get("xpos")
+    ypos = alert.candidate.get("ypos")
+    full = []
+    padded = False
+    for blob in alert.cutouts:
+        stamp, was_padded = place_on_grid(decode_stamp(blob, config.limits), config.stamp_size,
+                                          xpos, ypos, config.non_square)
+        padded |= was_padded
+        full.append(stamp)
+    return full, padded
 
 
 def prepare_alert(alert: Alert, config: PreprocessConfig | None = None) -> ModelInput:
@@ -471,15 +545,7 @@ def prepare_alert(alert: Alert, config: PreprocessConfig | None = None) -> Model
         Any stamp-level reason (corrupt gzip, FITS, shape, all-NaN).
     """
     config = config or PreprocessConfig()
-    xpos = alert.candidate.get("xpos")
-    ypos = alert.candidate.get("ypos")
-    full = []
-    padded = False
-    for blob in alert.cutouts:
-        stamp, was_padded = place_on_grid(decode_stamp(blob, config.limits), config.stamp_size,
-                                          xpos, ypos, config.non_square)
-        padded |= was_padded
-        full.append(stamp)
+    full, padded = decode_stamps(alert, config)
     image = preprocess_stamps(full, config.crop_size)
     return ModelInput(image=image, features=metadata_features(alert.candidate), padded=padded)
 

@@ -14,9 +14,12 @@ from astropy.coordinates import SkyCoord
 from worker.alerts import AlertDecoder
 from worker.features import (
     FEATURE_NAMES,
+    LOG_SCALED,
+    FeatureEncoding,
     ecliptic_galactic,
     encode_isdiffpos,
     metadata_features,
+    signed_log1p,
     standardize,
 )
 from worker.packets import default_candidate, synthetic_alert
@@ -101,3 +104,56 @@ def test_features_from_a_decoded_alert() -> None:
     alert = AlertDecoder().decode(synthetic_alert(5, ssdistnr=3.0))[0]
     vec = metadata_features(alert.candidate)
     assert np.isfinite(vec).sum() == len(FEATURE_NAMES)
+
+
+def _raw_features(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(10, 3, size=(n, len(FEATURE_NAMES))).astype(np.float32)
+    raw[:, FEATURE_NAMES.index("ndethist")] = rng.integers(1, 500, n)
+    raw[::3, FEATURE_NAMES.index("distpsnr1")] = np.nan   # no PS1 counterpart
+    raw[:, FEATURE_NAMES.index("chinr")] = np.nan         # never present
+    return raw
+
+
+def test_log_indicator_encoding_fit_and_apply() -> None:
+    raw = _raw_features(300, 0)
+    enc = FeatureEncoding.fit(raw)
+    # Indicators only for features missing in some, not all, training examples.
+    assert enc.indicators == ("distpsnr1",) and enc.log_scaled == LOG_SCALED
+    assert enc.width == len(FEATURE_NAMES) + 1
+    out = enc.encode(raw)
+    assert out.shape == (300, enc.width) and out.dtype == np.float32 and np.isfinite(out).all()
+    nd = FEATURE_NAMES.index("ndethist")
+    # Log-scaled then standardized with statistics of the log-scaled training values.
+    logged = np.log1p(raw[:, nd])
+    np.testing.assert_allclose(out[:, nd], (logged - logged.mean()) / logged.std(), atol=1e-4)
+    np.testing.assert_array_equal(out[:, -1], np.isnan(raw[:, FEATURE_NAMES.index("distpsnr1")]))
+    assert (out[::3, FEATURE_NAMES.index("distpsnr1")] == 0).all()  # missing → the mean
+    # One vector and a batch of one encode alike.
+    np.testing.assert_array_equal(enc.encode(raw[5]), out[5:6])
+    assert signed_log1p(np.array([-9.0, 0.0, np.nan]))[0] == pytest.approx(-math.log(10))
+
+
+def test_encoding_round_trips_through_the_manifest_block() -> None:
+    enc = FeatureEncoding.fit(_raw_features(100, 1))
+    block = enc.as_dict()
+    assert block["names"] == list(FEATURE_NAMES)
+    assert FeatureEncoding.from_dict(block) == enc
+    # Manifests older than the encoding: plain standardization, no indicators.
+    old = FeatureEncoding.from_dict({"names": list(FEATURE_NAMES), "mean": block["mean"],
+                                     "std": block["std"]})
+    assert old.width == len(FEATURE_NAMES) and not old.log_scaled
+    raw = _raw_features(4, 2)
+    np.testing.assert_array_equal(old.encode(raw), standardize(raw, block["mean"], block["std"]))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"names": ["x"]}, "differ"),
+    ({"mean": [0.0]}, "statistics"),
+    ({"log_scaled": ["nope"]}, "unknown feature names"),
+    ({"missing_indicators": ["nope"]}, "unknown feature names"),
+])
+def test_bad_encoding_blocks_are_refused(change: dict, message: str) -> None:
+    block = {**FeatureEncoding.fit(_raw_features(50, 3)).as_dict(), **change}
+    with pytest.raises(ValueError, match=message):
+        FeatureEncoding.from_dict(block)

@@ -13,7 +13,7 @@ from training.cli import main as train_main
 from training.data import load_npz, preprocess_images
 from training.train import TrainConfig, predict_batches, train
 from worker.alerts import AlertDecoder
-from worker.features import metadata_features
+from worker.features import FEATURE_NAMES, LOG_SCALED, FeatureEncoding, metadata_features
 from worker.model import StampModel
 from worker.packets import build_record, default_candidate, encode_container
 from worker.stamps import prepare_alert
@@ -64,6 +64,27 @@ def test_train_export_reload_identical(tiny_npz: Path, tmp_path: Path, model: st
     raw = keras.saving.load_model(out / "model.keras", compile=False)
     expected = predict_batches(raw, loaded.model_inputs(images, features))
     np.testing.assert_array_equal(probs, expected)
+
+
+def test_log_indicator_features_and_metadata_branch(tiny_npz: Path, tmp_path: Path) -> None:
+    dataset = load_npz(tiny_npz)
+    dataset.features[::4, FEATURE_NAMES.index("distpsnr1")] = np.nan  # no PS1 counterpart
+    config = TrainConfig(model="rotinv", feature_encoding="log-indicators",
+                         metadata_branch=True, **TINY)
+    manifest = train(dataset, config, tmp_path / "m", data_source="tiny", verbose=0)
+    block = manifest["features"]
+    assert block["log_scaled"] == list(LOG_SCALED)
+    assert "distpsnr1" in block["missing_indicators"]
+    loaded = StampModel.load(tmp_path / "m")
+    assert loaded.manifest.features == FeatureEncoding.from_dict(block)
+    images, kept = preprocess_images(dataset.images[:8])
+    inputs = loaded.model_inputs(images, dataset.features[:8][kept])
+    assert inputs["features"].shape == (len(images), 26 + len(block["missing_indicators"]))
+    assert loaded.predict(images, dataset.features[:8][kept]).shape == (len(images), 5)
+    with pytest.raises(ValueError, match="metadata_branch"):
+        TrainConfig(model="baseline", metadata_branch=True)
+    with pytest.raises(ValueError, match="feature_encoding"):
+        TrainConfig(feature_encoding="raw")
 
 
 def test_cli_train_on_simulated_data(tmp_path: Path, capsys) -> None:

@@ -23,7 +23,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.data import DatasetError, StampDataset, load_alerce_pickle, load_npz, save_npz
+from training.data import (
+    FEATURE_ENCODINGS,
+    DatasetError,
+    StampDataset,
+    load_alerce_pickle,
+    load_npz,
+    save_npz,
+)
 from worker.features import metadata_features
 
 
@@ -63,7 +70,8 @@ def _train(args: argparse.Namespace) -> int:
                              val_per_class=args.val_per_class,
                              test_per_class=args.test_per_class, crop_size=args.crop_size,
                              entropy_beta=args.entropy_beta, learning_rate=args.learning_rate,
-                             version=args.version)
+                             feature_encoding=args.feature_encoding,
+                             metadata_branch=args.metadata_branch, version=args.version)
     except ValueError as exc:
         raise SystemExit(f"stamp-train train: {exc}") from exc
     if args.data:
@@ -149,6 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--entropy-beta", type=float, default=0.0,
                    help="entropy regularization weight (0 = plain cross-entropy)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--feature-encoding", choices=FEATURE_ENCODINGS, default="standard",
+                   help="metadata features: plain standardization (default), or log scales "
+                        "for counts and distances plus missing-value indicators")
+    p.add_argument("--metadata-branch", action="store_true",
+                   help="rotinv: two dense layers of their own for the metadata features")
     p.add_argument("--version", default="1", help="artifact version string")
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.set_defaults(run=_train)

@@ -291,7 +291,7 @@ def balance_by_augmentation(images: np.ndarray, features: np.ndarray, labels: np
 
 
 # How metadata features enter a model (see training.train.TrainConfig.feature_encoding).
-FEATURE_ENCODINGS = ("log-indicators", "standard")
+FEATURE_ENCODINGS = ("standard", "log-indicators")
 
 
 def feature_statistics(features: np.ndarray) -> tuple[list[float], list[float]]:

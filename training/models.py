@@ -8,8 +8,8 @@
     Rotation-invariant CNN: the four 90° rotations of the stamp go through one shared
     convolutional trunk (the baseline's convolutions + FC64), the trunk's features are
     averaged over the rotations (cyclic average pooling), concatenated with the
-    standardized alert metadata features, and classified by a dense head (FC64,
-    dropout, FC64, FC5).
+    standardized alert metadata features (optionally after a branch of their own, FC64,
+    FC64), and classified by a dense head (FC64, dropout, FC64, FC5).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ def build_baseline(input_shape: tuple[int, int, int] = (21, 21, 3),
 
 
 def build_rotinv(input_shape: tuple[int, int, int] = (21, 21, 3), n_features: int = 26,
-                 n_classes: int = N_CLASSES, dropout: float = 0.5) -> keras.Model:
-    """The rotation-invariant CNN with a metadata branch.
+                 n_classes: int = N_CLASSES, dropout: float = 0.5,
+                 metadata_branch: bool = False) -> keras.Model:
+    """The rotation-invariant CNN with the alert metadata features.
 
     Parameters
     ----------
@@ -70,6 +71,9 @@ def build_rotinv(input_shape: tuple[int, int, int] = (21, 21, 3), n_features: in
         Number of output classes.
     dropout : float
         Dropout rate in the dense head.
+    metadata_branch : bool
+        Pass the features through two dense layers (FC64, FC64) of their own before
+        they meet the image features, instead of straight into the head.
 
     Returns
     -------
@@ -92,7 +96,11 @@ def build_rotinv(input_shape: tuple[int, int, int] = (21, 21, 3), n_features: in
         layers.Dense(64, activation="relu"),
     ], name="shared_trunk")
     pooled = CyclicAveragePool(name="cyclic_average")(trunk(RotationStack(name="rotations")(image)))
-    x = layers.Concatenate(name="with_metadata")([pooled, features])
+    meta = features
+    if metadata_branch:
+        meta = layers.Dense(64, activation="relu", name="metadata_1")(meta)
+        meta = layers.Dense(64, activation="relu", name="metadata_2")(meta)
+    x = layers.Concatenate(name="with_metadata")([pooled, meta])
     x = layers.Dense(64, activation="relu")(x)
     x = layers.Dropout(dropout)(x)
     x = layers.Dense(64, activation="relu")(x)

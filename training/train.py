@@ -24,19 +24,25 @@ import numpy as np
 
 from training.data import (
     CLASS_NAMES,
+    FEATURE_ENCODINGS,
     StampDataset,
     balance_by_augmentation,
-    feature_statistics,
     preprocess_images,
     split_balanced,
-    standardized,
 )
 from training.models import BUILDERS, MODEL_INPUTS
-from worker.features import FEATURE_NAMES
+from worker.features import LOG_SCALED, FeatureEncoding
 from worker.model import MANIFEST, MANIFEST_FORMAT, MODEL_FILE
 from worker.stamps import PreprocessConfig
 
 SN = CLASS_NAMES.index("SN")
+
+
+def fit_encoding(features: np.ndarray, kind: str) -> FeatureEncoding:
+    """The feature encoding of a training run, measured on its training features."""
+    if kind == "standard":
+        return FeatureEncoding.fit(features, log_scaled=(), indicators=False)
+    return FeatureEncoding.fit(features, log_scaled=LOG_SCALED, indicators=True)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,12 @@ class TrainConfig:
         Weight of the entropy regularization (0: plain cross-entropy).
     learning_rate : float
         Adam learning rate.
+    feature_encoding : {"standard", "log-indicators"}
+        How the metadata features enter the model: plain standardization with missing
+        values at the mean, or log scales for the heavy-tailed counts and distances
+        plus missing-value indicators.
+    metadata_branch : bool
+        ``rotinv`` only: two dense layers of its own for the features before the head.
     version : str
         Version string written into the artifact.
     """
@@ -77,6 +89,8 @@ class TrainConfig:
     crop_size: int = 21
     entropy_beta: float = 0.0
     learning_rate: float = 1e-3
+    feature_encoding: str = "standard"
+    metadata_branch: bool = False
     version: str = "1"
 
     def __post_init__(self) -> None:
@@ -86,6 +100,11 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and patience must be positive")
         if self.val_per_class < 1 or self.test_per_class < 1:
             raise ValueError("val_per_class and test_per_class must be positive")
+        if self.feature_encoding not in FEATURE_ENCODINGS:
+            raise ValueError(f"feature_encoding must be one of {FEATURE_ENCODINGS}, "
+                             f"got {self.feature_encoding!r}")
+        if self.metadata_branch and self.model != "rotinv":
+            raise ValueError("metadata_branch needs a model with features (rotinv)")
 
 
 def _metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -151,16 +170,17 @@ def train(dataset: StampDataset, config: TrainConfig, out_dir: str | Path,
     features = dataset.features[kept]
     train_idx, val_idx, test_idx = split_balanced(labels, config.val_per_class,
                                                   config.test_per_class, config.seed)
-    stats = feature_statistics(features[train_idx])
+    encoding = fit_encoding(features[train_idx], config.feature_encoding)
     x_train, f_train, y_train = balance_by_augmentation(
         images[train_idx], features[train_idx], labels[train_idx], config.seed)
     uses_features = "features" in MODEL_INPUTS[config.model]
 
     def inputs(x: np.ndarray, f: np.ndarray) -> dict[str, np.ndarray]:
-        return {"image": x, "features": standardized(f, stats)} if uses_features else {"image": x}
+        return {"image": x, "features": encoding.encode(f)} if uses_features else {"image": x}
 
     builder = BUILDERS[config.model]
-    model = (builder(images.shape[1:], n_features=len(FEATURE_NAMES)) if uses_features
+    model = (builder(images.shape[1:], n_features=encoding.width,
+                     metadata_branch=config.metadata_branch) if uses_features
              else builder(images.shape[1:]))
     loss: Any = (layers.EntropyRegularizedCrossEntropy(config.entropy_beta)
                  if config.entropy_beta > 0 else "sparse_categorical_crossentropy")
@@ -191,7 +211,7 @@ def train(dataset: StampDataset, config: TrainConfig, out_dir: str | Path,
         "class_names": list(CLASS_NAMES),
         "preprocessing": preprocess.as_dict(),
         "inputs": list(MODEL_INPUTS[config.model]),
-        "features": {"names": list(FEATURE_NAMES), "mean": stats[0], "std": stats[1]},
+        "features": encoding.as_dict(),
         "parameters": int(model.count_params()),
         "training": {
             **asdict(config), "data_source": data_source,

@@ -4,14 +4,15 @@ An artifact directory holds::
 
     model.keras      the Keras 3 model (custom layers from worker.layers only)
     manifest.json    name, version, class names in order, preprocessing version and
-                     parameters, model inputs, feature names and standardization
-                     statistics, training data fingerprint, test metrics
+                     parameters, model inputs, feature names and their encoding
+                     (standardization statistics, log scales, missing-value
+                     indicators), training data fingerprint, test metrics
 
 :meth:`StampModel.load` refuses an artifact whose preprocessing version this worker does
 not implement, whose classes or features differ from the worker's, or that needs
 unsafe deserialization (Keras safe mode stays on).  :meth:`StampModel.predict` takes the
-preprocessed images and *raw* feature vectors, standardizes the features with the
-manifest's statistics (:func:`worker.features.standardize`) and returns probabilities.
+preprocessed images and *raw* feature vectors, encodes the features as the manifest
+says (:class:`worker.features.FeatureEncoding`) and returns probabilities.
 The code uses Keras 3 only, so the same artifact runs with ``KERAS_BACKEND`` set to
 ``tensorflow`` (default) or ``jax``.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.features import FEATURE_NAMES, standardize
+from worker.features import FEATURE_NAMES, FeatureEncoding
 from worker.stamps import PREPROCESSING_VERSION, PreprocessConfig
 
 CLASS_NAMES: tuple[str, ...] = ("AGN", "SN", "VS", "asteroid", "bogus")
@@ -63,10 +64,9 @@ class Manifest:
         :meth:`worker.stamps.PreprocessConfig.as_dict` of the training data.
     inputs : tuple of str
         ``("image",)`` or ``("image", "features")``.
-    feature_names : tuple of str
-        Order of the raw feature vector.
-    feature_mean, feature_std : tuple of float
-        Standardization statistics measured on the training set.
+    features : FeatureEncoding
+        How raw feature vectors become the model's feature input (statistics measured
+        on the training set, log scales, missing-value indicators).
     raw : dict
         The whole manifest (fingerprint, metrics, training parameters...).
     """
@@ -76,9 +76,7 @@ class Manifest:
     class_names: tuple[str, ...]
     preprocessing: dict[str, Any]
     inputs: tuple[str, ...]
-    feature_names: tuple[str, ...]
-    feature_mean: tuple[float, ...]
-    feature_std: tuple[float, ...]
+    features: FeatureEncoding
     raw: dict[str, Any]
 
     @classmethod
@@ -89,11 +87,11 @@ class Manifest:
                 name=str(data["name"]), version=str(data["version"]),
                 class_names=tuple(data["class_names"]),
                 preprocessing=dict(data["preprocessing"]), inputs=tuple(data["inputs"]),
-                feature_names=tuple(data["features"]["names"]),
-                feature_mean=tuple(float(v) for v in data["features"]["mean"]),
-                feature_std=tuple(float(v) for v in data["features"]["std"]), raw=data)
-        except (KeyError, TypeError, ValueError) as exc:
+                features=FeatureEncoding.from_dict(data["features"]), raw=data)
+        except (KeyError, TypeError) as exc:
             raise ModelError(f"{where}: manifest is incomplete or malformed ({exc!r})") from exc
+        except ValueError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
         version = str(manifest.preprocessing.get("version"))
         if version != PREPROCESSING_VERSION:
             raise ModelError(f"{where}: model needs preprocessing version {version}, this "
@@ -104,12 +102,6 @@ class Manifest:
                              f"{CLASS_NAMES}")
         if manifest.inputs not in (("image",), ("image", "features")):
             raise ModelError(f"{where}: unknown model inputs {manifest.inputs}")
-        if "features" in manifest.inputs and (
-                manifest.feature_names != FEATURE_NAMES
-                or len(manifest.feature_mean) != len(FEATURE_NAMES)
-                or len(manifest.feature_std) != len(FEATURE_NAMES)):
-            raise ModelError(f"{where}: metadata features differ from this worker's "
-                             f"{FEATURE_NAMES}")
         return manifest
 
     def preprocess_config(self) -> PreprocessConfig:
@@ -130,8 +122,6 @@ class StampModel:
         self.manifest = manifest
         self.path = path
         self.preprocess = manifest.preprocess_config()
-        self._mean = np.asarray(manifest.feature_mean, np.float32)
-        self._std = np.asarray(manifest.feature_std, np.float32)
 
     @property
     def name(self) -> str:
@@ -183,6 +173,10 @@ class StampModel:
         if input_names != tuple(sorted(manifest.inputs)):
             raise ModelError(f"{model_path}: model inputs {input_names} differ from the "
                              f"manifest's {manifest.inputs}")
+        widths = {t.name.split(":")[0]: t.shape[-1] for t in model.inputs}
+        if "features" in widths and widths["features"] != manifest.features.width:
+            raise ModelError(f"{model_path}: the model takes {widths['features']} features, "
+                             f"the manifest's encoding gives {manifest.features.width}")
         stamp_model = cls(model, manifest, path)
         if warm_up:
             stamp_model.predict(np.zeros((1, *stamp_model.image_shape), np.float32),
@@ -212,10 +206,10 @@ class StampModel:
         return (crop, crop, 3)
 
     def model_inputs(self, images: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
-        """The dict the Keras model takes: images, and standardized features if used."""
+        """The dict the Keras model takes: images, and encoded features if used."""
         inputs = {"image": np.asarray(images, np.float32)}
         if "features" in self.manifest.inputs:
-            inputs["features"] = standardize(features, self._mean, self._std)
+            inputs["features"] = self.manifest.features.encode(features)
         return inputs
 
     def predict(self, images: np.ndarray, features: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 A study, not part of the protocol: on freshly simulated, balanced alerts (another seed
 than the bundled model's), it trains small features-only MLPs — the worker's
-standardization, and a variant with log scales for the heavy-tailed counts and distances
-plus missing-value indicators — and compares them, on the same balanced test set, with
+standardization, and the ``log-indicators`` encoding (:class:`worker.features.FeatureEncoding`:
+log scales for the heavy-tailed counts and distances plus missing-value indicators) —
+and compares them, on the same balanced test set, with
 the bundled model and with the average of the bundled model's and the MLP's
 probabilities.
 
@@ -20,38 +21,8 @@ import sys
 import numpy as np
 
 from training.data import feature_statistics, preprocess_images, split_balanced, standardized
-from worker.features import FEATURE_NAMES
+from worker.features import FeatureEncoding
 from worker.model import CLASS_NAMES
-
-# Counts and distances spanning decades: log-scaled in the variant.
-HEAVY_TAILED = ("ndethist", "ncovhist", "non_detections", "distnr", "distpsnr1", "distpsnr2",
-                "distpsnr3")
-
-
-def log_and_indicators(features: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """The variant feature matrix: log scales and missing-value indicators.
-
-    Parameters
-    ----------
-    features : numpy.ndarray
-        (N, F) raw features, NaN where missing.
-    train : numpy.ndarray
-        Indices of the training examples (the statistics come from them).
-
-    Returns
-    -------
-    numpy.ndarray
-        Signed log1p of :data:`HEAVY_TAILED`, standardized, plus one 0/1 column per
-        feature missing in some training examples (missing is information: no PS1
-        counterpart, no reference source).
-    """
-    heavy = [FEATURE_NAMES.index(n) for n in HEAVY_TAILED]
-    scaled = features.copy()
-    scaled[:, heavy] = np.sign(scaled[:, heavy]) * np.log1p(np.abs(scaled[:, heavy]))
-    out = standardized(scaled, feature_statistics(scaled[train]))
-    missing = np.isnan(features).astype(np.float32)
-    varies = missing[train].std(axis=0) > 0
-    return np.concatenate([out, missing[:, varies]], axis=1)
 
 
 def _mlp_probabilities(x: np.ndarray, y: np.ndarray, split: tuple[np.ndarray, ...],
@@ -91,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             _mlp_probabilities(standardized(features, feature_statistics(features[train])),
                                y, split, 0),
         "features only, log scales + missing indicators":
-            _mlp_probabilities(log_and_indicators(features, train), y, split, 0),
+            _mlp_probabilities(FeatureEncoding.fit(features[train]).encode(features),
+                               y, split, 0),
     }
     model = StampModel.load()
     images, _ = preprocess_images(data.images[test], model.preprocess.crop_size)

@@ -3,10 +3,16 @@
 The only module that knows Kafka's commit rules:
 
 * ``enable.auto.commit`` is off.  Per micro-batch: produce every label and dead-letter
-  record, ``flush()``, raise any error a delivery callback recorded, then commit
-  ``offset + 1`` per partition synchronously and check each partition's error.  Nothing
-  is committed for a batch whose outputs were not all delivered (at-least-once; with
-  ``exactly_once`` the outputs and offsets go in one producer transaction instead).
+  record; the batch's offsets (``offset + 1`` per partition) are committed once every
+  one of its outputs, and of every earlier batch's, is confirmed delivered.  The loop
+  does not wait for that: it checks confirmations between batches and commits
+  asynchronously what is confirmed, in batch order, keeping at most
+  :data:`MAX_UNCONFIRMED` batches unconfirmed.  A delivery error stops the worker
+  with nothing committed from that batch on.  Stopping, ``on_revoke`` and a failure
+  ``flush()`` and commit synchronously what is delivered (each partition's error
+  checked).  Nothing is ever committed for a batch whose outputs were not all
+  delivered (at-least-once; with ``exactly_once`` the outputs and offsets go in one
+  producer transaction per batch instead).
 * A bad alert is data: it goes to the dead-letter topic with its reason and its offset
   is committed.  A broker, model or registry failure is not: it propagates, nothing of
   the batch is committed, and a restarted worker processes the batch again.
@@ -33,6 +39,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -53,6 +60,11 @@ log = logging.getLogger("stamp_worker")
 # Most messages per chunk sent to a decode helper: small enough that the model can work
 # on the first chunks while the helpers decode the next, large enough to amortize IPC.
 DECODE_CHUNK = 128
+# Batches produced whose deliveries are not yet all confirmed: waiting for delivery
+# reports after every batch (flush) idled the loop ~10-20 ms per batch, which at 1,000
+# alerts/s and 50 ms batches is a third of the time; a few in the air bound the
+# duplicates a crash can cause.
+MAX_UNCONFIRMED = 4
 
 
 class DeliveryError(RuntimeError):
@@ -69,6 +81,13 @@ class _Pending:
 
     errors: list[str] = field(default_factory=list)
     delivered: int = 0
+    expected: int = 0
+    produced_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def confirmed(self) -> bool:
+        """Every output of the batch is delivered."""
+        return self.delivered >= self.expected
 
 
 @dataclass
@@ -119,6 +138,11 @@ class Worker:
         self._assigned: set[tuple[str, int]] = set()
         self._pending = _Pending()
         self._in_flight: _Batch | None = None
+        # Produced batches awaiting delivery reports: (offsets, deliveries), oldest first.
+        self._unconfirmed: deque[tuple[dict[tuple[str, int], int], _Pending]] = deque()
+        # Offsets committed asynchronously since the last synchronous commit, which
+        # repeats them: an asynchronous commit may still be in the air at a stop.
+        self._committed_async: dict[tuple[str, int], int] = {}
         kafka = config.kafka
         consumer_conf: dict[str, Any] = {
             "session.timeout.ms": 45000,
@@ -132,6 +156,7 @@ class Worker:
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "stats_cb": metrics.update_from_librdkafka_stats,
+            "on_commit": self._on_commit,
         }
         producer_conf: dict[str, Any] = {
             "linger.ms": 5,
@@ -183,7 +208,11 @@ class Worker:
                 messages = self.consumer.consume(self.config.batch.max_messages,
                                                  0 if self._in_flight else timeout)
                 self.health.beat()
-                self.producer.poll(0)
+                if self._unconfirmed:
+                    # Idle or not, delivered batches get committed (this polls too).
+                    self._commit_delivered()
+                else:
+                    self.producer.poll(0)
                 batch = self.start_batch(messages) if messages else None
                 started += batch is not None
                 previous, self._in_flight = self._in_flight, batch
@@ -193,10 +222,13 @@ class Worker:
             last, self._in_flight = self._in_flight, None
             if last is not None:
                 self.finish_batch(last)
+            self._commit_delivered(final=True)
         except BaseException:
             # Batch k failed: k+1 must not be committed later (by on_revoke in close()),
-            # or the restart would skip k.
+            # or the restart would skip k.  Batches before k whose outputs are all
+            # delivered may still be committed.
             self._in_flight = None
+            self._commit_what_is_safe()
             raise
         finally:
             self.health.set_ready(False, "stopping")
@@ -222,7 +254,7 @@ class Worker:
         batch, self._in_flight = self._in_flight, None
         if batch is not None:
             self.finish_batch(batch)
-        self.producer.flush(self.config.shutdown_timeout_s)
+        self._commit_delivered(final=True)
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         self.metrics.rebalances.labels(kind="revoke").inc()
         if not self._assigned:
@@ -233,6 +265,8 @@ class Worker:
         # the batch in flight (its messages are read again from the committed offsets
         # by whoever is assigned them next, this worker included).
         self._in_flight = None
+        self._unconfirmed.clear()
+        self._committed_async.clear()
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         self.metrics.rebalances.labels(kind="lost").inc()
         if not self._assigned:
@@ -291,10 +325,13 @@ class Worker:
                                   dead_letter_headers(rejected.error, _source(message),
                                                       rejected.record_index))
                     self.metrics.dead_lettered.labels(reason=rejected.error.reason.value).inc()
-                if not self.config.exactly_once:
-                    self._flush_or_raise()
             with self.metrics.time_stage("commit"):
-                self._commit(offsets)
+                if self.config.exactly_once:
+                    self._commit_transaction(offsets)
+                else:
+                    self._pending.expected = len(work) + len(dead)
+                    self._unconfirmed.append((offsets, self._pending))
+                    self._commit_delivered()
         except BaseException:
             if self.config.exactly_once:
                 self._abort_transaction()
@@ -389,15 +426,96 @@ class Worker:
             raise DeliveryError(f"{len(self._pending.errors)} records failed delivery "
                                 f"(first: {self._pending.errors[0]}); batch not committed")
 
-    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def _commit_delivered(self, final: bool = False) -> None:
+        """Commit the oldest batches whose outputs are all delivered, in order.
+
+        Parameters
+        ----------
+        final : bool
+            Wait for every delivery report (``flush()``) and commit synchronously,
+            checking each partition (stopping, rebalancing).  Otherwise take the
+            reports that have arrived, wait only while more than
+            :data:`MAX_UNCONFIRMED` batches are unconfirmed, and commit asynchronously.
+
+        Raises
+        ------
+        DeliveryError
+            An output failed delivery, or reports did not come within the shutdown
+            timeout: nothing from that batch on is committed.
+        """
+        if final:
+            remaining = self.producer.flush(self.config.shutdown_timeout_s)
+            if remaining and self._unconfirmed:
+                raise DeliveryError(f"{remaining} records not delivered within "
+                                    f"{self.config.shutdown_timeout_s} s; not committed")
+        else:
+            self.producer.poll(0)
+            deadline = time.monotonic() + self.config.shutdown_timeout_s
+            while (len(self._unconfirmed) > MAX_UNCONFIRMED
+                   and not self._unconfirmed[0][1].confirmed
+                   and not self._unconfirmed[0][1].errors):
+                if time.monotonic() > deadline:
+                    raise DeliveryError(f"no delivery reports within "
+                                        f"{self.config.shutdown_timeout_s} s; not committed")
+                self.producer.poll(0.05)
+        ready: dict[tuple[str, int], int] = dict(self._committed_async) if final else {}
+        while self._unconfirmed:
+            offsets, pending = self._unconfirmed[0]
+            if pending.errors:
+                # The batches before it are delivered: commit them before stopping.
+                self._commit({**self._committed_async, **ready})
+                raise DeliveryError(f"{len(pending.errors)} records failed delivery "
+                                    f"(first: {pending.errors[0]}); batch not committed")
+            if not pending.confirmed:
+                waited = time.monotonic() - pending.produced_at
+                if waited > self.config.shutdown_timeout_s:
+                    self._commit({**self._committed_async, **ready})
+                    raise DeliveryError(
+                        f"{pending.expected - pending.delivered} records not delivered "
+                        f"within {self.config.shutdown_timeout_s} s; batch not committed")
+                break
+            for key, offset in offsets.items():
+                ready[key] = max(ready.get(key, -1), offset)
+            self._unconfirmed.popleft()
+        if ready:
+            self._commit(ready, asynchronous=not final)
+
+    def _commit_what_is_safe(self) -> None:
+        """After a failure: commit the batches before it that are all delivered."""
+        if self.config.exactly_once or not self._unconfirmed:
+            return
+        try:
+            self._commit_delivered(final=True)
+        except (DeliveryError, CommitError, KafkaException) as exc:
+            log.error("after the failure, earlier batches were not committed either: %s", exc)
+        self._unconfirmed.clear()
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        # Asynchronous commits report here.  A failed one is not data loss: a later
+        # commit covers its partitions, or a restart reads those alerts again.
+        failed = [tp for tp in partitions or [] if tp.error is not None]
+        if error is not None or failed:
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit failed (%s); a later commit or a restart covers it",
+                        error or ", ".join(f"{tp.topic}[{tp.partition}]: {tp.error}"
+                                           for tp in failed))
+
+    def _commit_transaction(self, offsets: dict[tuple[str, int], int]) -> None:
+        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        if partitions:
+            self.producer.send_offsets_to_transaction(
+                partitions, self.consumer.consumer_group_metadata(), 30)
+        self.producer.commit_transaction(60)
+        self._flush_or_raise()
+        self.metrics.commits.inc()
+
+    def _commit(self, offsets: dict[tuple[str, int], int], asynchronous: bool = False) -> None:
         partitions = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
         if not partitions:
             return
-        if self.config.exactly_once:
-            self.producer.send_offsets_to_transaction(
-                partitions, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(60)
-            self._flush_or_raise()
+        if asynchronous:
+            self.consumer.commit(offsets=partitions, asynchronous=True)
+            self._committed_async.update(offsets)
             self.metrics.commits.inc()
             return
         result = self.consumer.commit(offsets=partitions, asynchronous=False)
@@ -407,4 +525,5 @@ class Worker:
             raise CommitError("offset commit failed for "
                               + ", ".join(f"{tp.topic}[{tp.partition}]: {tp.error}"
                                           for tp in failed))
+        self._committed_async.clear()  # repeated by this commit
         self.metrics.commits.inc()

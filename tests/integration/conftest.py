@@ -47,13 +47,16 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
 
 @pytest.fixture
 def topic_factory(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
-    """``make(prefix="test", partitions=1) -> name``: a new topic, deleted after the test."""
+    """``make(prefix="test", partitions=1, config=None) -> name``: a new topic (with
+    topic-level settings), deleted after the test."""
     created: list[str] = []
 
-    def make(prefix: str = "test", partitions: int = 1) -> str:
+    def make(prefix: str = "test", partitions: int = 1,
+             config: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         futures = kafka_admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+            [NewTopic(name, num_partitions=partitions, replication_factor=1,
+                      config=config or {})],
             operation_timeout=10, request_timeout=15)
         futures[name].result(timeout=20)
         created.append(name)

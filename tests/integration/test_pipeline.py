@@ -29,7 +29,7 @@ from worker.metrics import HealthState, WorkerMetrics
 from worker.model import StampModel
 from worker.output import decode_labels
 from worker.packets import synthetic_alert
-from worker.pipeline import Worker
+from worker.pipeline import DeliveryError, Worker
 from worker.stamps import prepare_alert
 
 
@@ -255,6 +255,30 @@ def test_a_failed_batch_commits_neither_itself_nor_the_batch_consumed_after_it(
     run_until_committed(worker, kafka_bootstrap, group, topics["input"], 1, len(payloads))
     labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
     assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 40
+
+
+def test_a_failed_delivery_commits_nothing_from_its_batch_on(
+        kafka_bootstrap: str, topic_factory, model_dir: Path, tmp_path: Path) -> None:
+    """At-least-once: the dead letter of a 2 MB message exceeds the dead-letter topic's
+    1 MB limit, the broker refuses it, and no offset at or after it is committed."""
+    topics = {"input": topic_factory("alerts"), "output": topic_factory("labels"),
+              "dlq": topic_factory("dead", config={"max.message.bytes": str(1 << 20)})}
+    # Random bytes: compression (lz4) cannot bring the dead letter under the limit.
+    payloads = ([synthetic_alert(seed) for seed in range(16)]
+                + [np.random.default_rng(0).bytes(2 << 20)]
+                + [synthetic_alert(seed) for seed in range(16, 40)])
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
+                                      model_dir, max_messages=8, shutdown_timeout_s=10))
+    with pytest.raises(DeliveryError, match="failed delivery.*MSG_SIZE_TOO_LARGE"):
+        worker.run()
+    assert worker.metrics.delivery_failures._value.get() == 1
+    done = committed(kafka_bootstrap, group, topics["input"], 1)[0]
+    assert 0 < done <= 16, done  # earlier batches committed, never the refused one
+    labels = consume_all(kafka_bootstrap, topics["output"], done)
+    assert {r["candid"] for m in labels for r in decode_labels(m.value())} >= {
+        AlertDecoder().decode(p)[0].candid for p in payloads[:done]}
 
 
 def test_on_revoke_publishes_and_commits_the_batch_in_flight(

@@ -273,10 +273,6 @@ class Worker:
             self.health.set_ready(False, "partitions lost")
 
     # ------------------------------------------------------------------ one batch
-    def process_batch(self, messages: Sequence[Message]) -> None:
-        """Decode, classify, publish and commit one micro-batch (all or nothing)."""
-        self.finish_batch(self.start_batch(messages))
-
     def start_batch(self, messages: Sequence[Message]) -> _Batch:
         """Take a consumed micro-batch in.
 

@@ -157,3 +157,11 @@ def test_bad_encoding_blocks_are_refused(change: dict, message: str) -> None:
     block = {**FeatureEncoding.fit(_raw_features(50, 3)).as_dict(), **change}
     with pytest.raises(ValueError, match=message):
         FeatureEncoding.from_dict(block)
+
+
+def test_training_statistics_ignore_missing() -> None:
+    f = np.zeros((2, len(FEATURE_NAMES)), np.float32)
+    f[:, :3] = [[1.0, np.nan, 5.0], [3.0, np.nan, 5.0]]
+    enc = FeatureEncoding.fit(f, log_scaled=(), indicators=False)
+    assert list(enc.mean[:3]) == [2.0, 0.0, 5.0] and list(enc.std[:3]) == [1.0, 1.0, 1.0]
+    assert enc.indicators == ()  # a feature missing everywhere gets no indicator either

@@ -14,7 +14,6 @@ from training.data import (
     StampDataset,
     balance_by_augmentation,
     dihedral,
-    feature_statistics,
     load_alerce_pickle,
     load_npz,
     metadata_matrix,
@@ -145,12 +144,6 @@ def test_dihedral_group() -> None:
     outs = [dihedral(image, k) for k in range(8)]
     assert len({o.tobytes() for o in outs}) == 8
     np.testing.assert_array_equal(outs[0], image)
-
-
-def test_feature_statistics_ignore_missing() -> None:
-    f = np.array([[1.0, np.nan, 5.0], [3.0, np.nan, 5.0]], np.float32)
-    mean, std = feature_statistics(f)
-    assert mean == [2.0, 0.0, 5.0] and std == [1.0, 1.0, 1.0]
 
 
 def test_metadata_table_kinds() -> None:

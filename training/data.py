@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker.features import FEATURE_NAMES, ecliptic_galactic, encode_isdiffpos, standardize
+from worker.features import FEATURE_NAMES, ecliptic_galactic, encode_isdiffpos
 from worker.model import CLASS_NAMES
 from worker.stamps import preprocess_batch
 
@@ -293,18 +292,3 @@ def balance_by_augmentation(images: np.ndarray, features: np.ndarray, labels: np
 # How metadata features enter a model (see training.train.TrainConfig.feature_encoding).
 FEATURE_ENCODINGS = ("standard", "log-indicators")
 
-
-def feature_statistics(features: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-feature mean and standard deviation ignoring NaN (0 and 1 where undefined)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is expected
-        mean = np.nanmean(features, axis=0)
-        std = np.nanstd(features, axis=0)
-    mean = np.nan_to_num(mean, nan=0.0)
-    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
-def standardized(features: np.ndarray, stats: Sequence[Sequence[float]]) -> np.ndarray:
-    """Standardize with (mean, std) from :func:`feature_statistics` (the worker's way)."""
-    return standardize(features, stats[0], stats[1])

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from training.data import feature_statistics, preprocess_images, split_balanced, standardized
+from training.data import preprocess_images, split_balanced
 from worker.features import FeatureEncoding
 from worker.model import CLASS_NAMES
 
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     train, _, test = split
     rows = {
         "features only, the worker's standardization":
-            _mlp_probabilities(standardized(features, feature_statistics(features[train])),
+            _mlp_probabilities(FeatureEncoding.fit(features[train], log_scaled=(),
+                                                   indicators=False).encode(features),
                                y, split, 0),
         "features only, log scales + missing indicators":
             _mlp_probabilities(FeatureEncoding.fit(features[train]).encode(features),

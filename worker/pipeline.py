@@ -446,35 +446,36 @@ class Worker:
                                     f"{self.config.shutdown_timeout_s} s; not committed")
         else:
             self.producer.poll(0)
-            deadline = time.monotonic() + self.config.shutdown_timeout_s
-            while (len(self._unconfirmed) > MAX_UNCONFIRMED
-                   and not self._unconfirmed[0][1].confirmed
-                   and not self._unconfirmed[0][1].errors):
-                if time.monotonic() > deadline:
-                    raise DeliveryError(f"no delivery reports within "
-                                        f"{self.config.shutdown_timeout_s} s; not committed")
+            while len(self._unconfirmed) > MAX_UNCONFIRMED:
+                head = self._unconfirmed[0][1]
+                if head.confirmed or head.errors or self._overdue(head):
+                    break
                 self.producer.poll(0.05)
         ready: dict[tuple[str, int], int] = dict(self._committed_async) if final else {}
+        failure = ""
         while self._unconfirmed:
             offsets, pending = self._unconfirmed[0]
             if pending.errors:
-                # The batches before it are delivered: commit them before stopping.
-                self._commit({**self._committed_async, **ready})
-                raise DeliveryError(f"{len(pending.errors)} records failed delivery "
-                                    f"(first: {pending.errors[0]}); batch not committed")
-            if not pending.confirmed:
-                waited = time.monotonic() - pending.produced_at
-                if waited > self.config.shutdown_timeout_s:
-                    self._commit({**self._committed_async, **ready})
-                    raise DeliveryError(
-                        f"{pending.expected - pending.delivered} records not delivered "
-                        f"within {self.config.shutdown_timeout_s} s; batch not committed")
+                failure = (f"{len(pending.errors)} records failed delivery "
+                           f"(first: {pending.errors[0]}); batch not committed")
+            elif not pending.confirmed and self._overdue(pending):
+                failure = (f"{pending.expected - pending.delivered} records not delivered "
+                           f"within {self.config.shutdown_timeout_s} s; batch not committed")
+            if failure or not pending.confirmed:
                 break
             for key, offset in offsets.items():
                 ready[key] = max(ready.get(key, -1), offset)
             self._unconfirmed.popleft()
+        if failure:
+            # The batches before it are delivered: commit them before stopping.
+            self._commit({**self._committed_async, **ready})
+            raise DeliveryError(failure)
         if ready:
             self._commit(ready, asynchronous=not final)
+
+    def _overdue(self, pending: _Pending) -> bool:
+        """A batch still waiting for delivery reports after the shutdown timeout."""
+        return time.monotonic() - pending.produced_at > self.config.shutdown_timeout_s
 
     def _commit_what_is_safe(self) -> None:
         """After a failure: commit the batches before it that are all delivered."""

@@ -2,16 +2,16 @@
 
 For each ``--decode-processes`` value: a fresh topic (3 partitions) is filled with
 ``--backlog`` alerts (the single-alert ZTF files of ``../shared/data`` cycled, or built
-ones), then a :class:`worker.pipeline.Worker` (bundled model, batches of 500) drains it
-in this process; the clock runs from the start of the loop until the group's committed
-offsets cover the backlog, so model loading and helper start-up are excluded, and no
-load generator shares the cores. CPU time is read from ``/proc`` for the worker, its
-helpers and the broker (when this script started it).
+ones), then a :class:`worker.pipeline.Worker` (the bundled model or ``--model``, batches
+of ``--max-messages``) drains it in this process; the clock runs from the start of the
+loop until the group's committed offsets cover the backlog, so model loading and helper
+start-up are excluded, and no load generator shares the cores. CPU time is read from
+``/proc`` for the worker, its helpers and the broker (when this script started it).
 
 Run from the repository root::
 
     .venv/bin/python bench/bench_drain.py [--backlog 6000] [--decode-processes 0 1 2 3]
-        [--repeat 2]
+        [--repeat 2] [--max-messages 256] [--model DIR]
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
-          model: StampModel, broker_pid: int | None) -> dict[str, float]:
+          model: StampModel, broker_pid: int | None, max_messages: int = 256
+          ) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:8]
     topics = {"input": f"drain-in-{suffix}", "output": f"drain-out-{suffix}",
               "dead": f"drain-dead-{suffix}"}
@@ -69,7 +70,8 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
         default_config(bootstrap), group_id=f"drain-{suffix}", metrics=MetricsConfig(port=0),
         topics=TopicsConfig(input=(topics["input"],), output=topics["output"],
                             dead_letter=topics["dead"]),
-        batch=BatchConfig(max_messages=500, max_wait_ms=50, decode_processes=processes))
+        batch=BatchConfig(max_messages=max_messages, max_wait_ms=50,
+                          decode_processes=processes))
     worker = Worker(config, model, WorkerMetrics(CollectorRegistry()), HealthState())
     helpers = worker._pool.pids if worker._pool is not None else []  # noqa: SLF001
     pids = {"worker": [os.getpid()], "helpers": helpers,
@@ -105,18 +107,21 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=6000)
     parser.add_argument("--decode-processes", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--max-messages", type=int, default=256, help="batch.max_messages")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model artifact directory (default: the bundled one)")
     args = parser.parse_args()
     alerts, _ = load_alerts(data_dir(args.data))
-    model = StampModel.load()
-    model.warm_up(512)
+    model = StampModel.load(args.model)
+    model.warm_up(args.max_messages)
     rows = []
     with broker_for_run("bench-drain-") as (bootstrap, broker_pid, _):
         for _ in range(args.repeat):
             for processes in args.decode_processes:
                 rows.append((processes, drain(bootstrap, alerts, args.backlog, processes, model,
-                                              broker_pid)))
-    print(f"{os.cpu_count()} cores; backlog {args.backlog} alerts, batches of 500; "
-          "CPU per alert [µs]")
+                                              broker_pid, args.max_messages)))
+    print(f"{os.cpu_count()} cores; model {model.manifest.name} {model.manifest.version}; "
+          f"backlog {args.backlog} alerts, batches of {args.max_messages}; CPU per alert [µs]")
     print("\n| decode_processes | alerts/s | worker | helpers | broker | cores busy |")
     print("|---:|---:|---:|---:|---:|---:|")
     for processes, r in rows:

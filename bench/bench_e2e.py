@@ -1,7 +1,7 @@
 """End-to-end benchmark of the worker through a real Kafka broker.
 
 Two measurements, each with fresh topics and a worker started as its own process
-(``stamp-worker run``, bundled model, as deployed):
+(``stamp-worker run``, the bundled model or ``--model``, as deployed):
 
 1. **Sustained throughput**: the worker(s) start and become ready, then ``--backlog``
    alerts are produced and drained. Rate = labels / span of the labels' ``published_at``
@@ -89,6 +89,7 @@ def make_topics(admin: AdminClient) -> dict[str, str]:
 
 
 DECODE_PROCESSES = 0  # set from --decode-processes
+MODEL_PATH: Path | None = None  # set from --model
 
 
 def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
@@ -107,7 +108,8 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
         f"group_id: bench-{topics['input']}\n"
         f"batch:\n  max_messages: {max_messages}\n  max_wait_ms: {max_wait_ms}\n"
         f"  decode_processes: {DECODE_PROCESSES}\n"
-        f"metrics:\n  port: {port}\n")
+        f"metrics:\n  port: {port}\n"
+        + (f"model_path: '{MODEL_PATH.resolve()}'\n" if MODEL_PATH else ""))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(config)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -272,18 +274,21 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--max-messages", type=int, default=500)
+    parser.add_argument("--max-messages", type=int, default=256)
     parser.add_argument("--max-wait-ms", type=int, default=50)
     parser.add_argument("--producer-linger-ms", type=float, default=5.0,
                         help="linger.ms of the producer offering alerts at --rate (0 sends "
                              "each alert in a request of its own)")
     parser.add_argument("--decode-processes", type=int, default=0,
                         help="batch.decode_processes of each worker")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model artifact directory (default: the bundled one)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes in the consumer group (3 partitions)")
     args = parser.parse_args()
-    global DECODE_PROCESSES
+    global DECODE_PROCESSES, MODEL_PATH
     DECODE_PROCESSES = args.decode_processes
+    MODEL_PATH = args.model
     alerts, described = load_alerts(data_dir(args.data))
     with broker_for_run("bench-e2e-") as (bootstrap, _, workdir):
         admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -298,7 +303,7 @@ def main() -> int:
     print(f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; input: "
           f"{described}; {args.workers} worker process(es) with {args.decode_processes} decode "
           f"helper(s), batch ≤ {args.max_messages} messages / {args.max_wait_ms} ms; offering "
-          f"producer linger.ms {args.producer_linger_ms:g}")
+          f"producer linger.ms {args.producer_linger_ms:g}; model: {args.model or 'bundled'}")
     print("\n| measurement | value |\n|---|---:|")
     print(f"| sustained throughput (backlog of {args.backlog}) | {tput['rate']:,.0f} alerts/s |")
     print(f"| offered rate | {lat['offered_rate']:,.0f} alerts/s for {args.duration:.0f} s |")

@@ -79,7 +79,7 @@ def model_dir(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------------- defaults
 
 def test_defaults_of_the_sections() -> None:
-    assert BatchConfig() == BatchConfig(max_messages=500, max_wait_ms=200)
+    assert BatchConfig() == BatchConfig(max_messages=256, max_wait_ms=50)
     assert MetricsConfig() == MetricsConfig(host="127.0.0.1", port=9108)
     assert AsteroidPolicy() == AsteroidPolicy(enabled=False, max_ssdistnr_arcsec=5.0,
                                               max_ssmagnr=None)

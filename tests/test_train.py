@@ -87,6 +87,29 @@ def test_log_indicator_features_and_metadata_branch(tiny_npz: Path, tmp_path: Pa
         TrainConfig(feature_encoding="raw")
 
 
+def test_narrow_rotinv_trunk(tiny_npz: Path, tmp_path: Path) -> None:
+    """``--trunk-filters``: the narrow trunk trains, exports and reloads in the worker."""
+    assert train_main(["train", "--data", str(tiny_npz), "--model", "rotinv", "--epochs", "1",
+                       "--batch-size", "16", "--val-per-class", "2", "--test-per-class", "3",
+                       "--trunk-filters", "8,16,32,64", "--out", str(tmp_path / "m")]) == 0
+    loaded = StampModel.load(tmp_path / "m")
+    trunk = loaded._model.get_layer("shared_trunk")  # noqa: SLF001
+    assert [layer.filters for layer in trunk.layers if hasattr(layer, "filters")] == [8, 16, 32, 64]
+    # 224 + 1,168 + 4,640 + 18,496 (convolutions) + 16,448 (FC64) in the trunk, then
+    # 5,824 + 4,160 + 325 in the head (64 pooled + 26 features in).
+    assert loaded._model.count_params() == 51_285  # noqa: SLF001
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["training"]["trunk_filters"] == [8, 16, 32, 64]
+    assert manifest["parameters"] == 51_285
+    with pytest.raises(ValueError, match="four positive"):
+        TrainConfig(trunk_filters=(8, 16, 32))
+    with pytest.raises(ValueError, match="rotinv model only"):
+        TrainConfig(model="baseline", trunk_filters=(8, 16, 32, 64))
+    with pytest.raises(SystemExit):
+        train_main(["train", "--data", str(tiny_npz), "--trunk-filters", "8;16",
+                    "--out", str(tmp_path / "x")])
+
+
 def test_cli_train_on_simulated_data(tmp_path: Path, capsys) -> None:
     pytest.importorskip("training.simulator")
     out = tmp_path / "sim"

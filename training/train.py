@@ -30,7 +30,7 @@ from training.data import (
     preprocess_images,
     split_balanced,
 )
-from training.models import BUILDERS, MODEL_INPUTS
+from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
 from worker.features import LOG_SCALED, FeatureEncoding
 from worker.model import MANIFEST, MANIFEST_FORMAT, MODEL_FILE
 from worker.stamps import PreprocessConfig
@@ -75,6 +75,9 @@ class TrainConfig:
         plus missing-value indicators.
     metadata_branch : bool
         ``rotinv`` only: two dense layers of its own for the features before the head.
+    trunk_filters : tuple of int
+        ``rotinv`` only: filters of the trunk's four convolutions (the default is the
+        baseline's stack).
     version : str
         Version string written into the artifact.
     """
@@ -91,6 +94,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     feature_encoding: str = "standard"
     metadata_branch: bool = False
+    trunk_filters: tuple[int, int, int, int] = TRUNK_FILTERS
     version: str = "1"
 
     def __post_init__(self) -> None:
@@ -105,6 +109,12 @@ class TrainConfig:
                              f"got {self.feature_encoding!r}")
         if self.metadata_branch and self.model != "rotinv":
             raise ValueError("metadata_branch needs a model with features (rotinv)")
+        if len(self.trunk_filters) != 4 or min(self.trunk_filters) < 1:
+            raise ValueError(f"trunk_filters must be four positive filter counts, "
+                             f"got {self.trunk_filters!r}")
+        if tuple(self.trunk_filters) != TRUNK_FILTERS and self.model != "rotinv":
+            raise ValueError("trunk_filters applies to the rotinv model only (the baseline "
+                             "is the seed's fixed architecture)")
 
 
 def _metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -180,7 +190,8 @@ def train(dataset: StampDataset, config: TrainConfig, out_dir: str | Path,
 
     builder = BUILDERS[config.model]
     model = (builder(images.shape[1:], n_features=encoding.width,
-                     metadata_branch=config.metadata_branch) if uses_features
+                     metadata_branch=config.metadata_branch,
+                     trunk_filters=tuple(config.trunk_filters)) if uses_features
              else builder(images.shape[1:]))
     loss: Any = (layers.EntropyRegularizedCrossEntropy(config.entropy_beta)
                  if config.entropy_beta > 0 else "sparse_categorical_crossentropy")

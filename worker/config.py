@@ -611,7 +611,7 @@ class BatchConfig:
     ----------
     max_messages : int
         Most messages per batch (1 to 1,000,000, confluent-kafka's limit); one batch is
-        one model call and one commit.
+        one model call and one commit.  Larger batches raise latency, not throughput.
     max_wait_ms : int
         Longest wait for a batch to fill [ms], 1 to 1000; bounds the latency added at
         low rates.  At most one second, because one wait is one ``consume()`` call (a
@@ -623,8 +623,12 @@ class BatchConfig:
         parallel while the worker runs the model on the chunks already done.
     """
 
-    max_messages: int = 500
-    max_wait_ms: int = 200
+    # Measured (README, End-to-end performance): at 1,000 alerts/s offered, batches of
+    # up to 256 and a 50 ms wait keep p99 produce→label latency under 0.5 s; batches of
+    # 500 gave 0.6-1.4 s, since an alert waits for its whole batch and the one before
+    # it.  The model's CPU time per alert is flat from 64 alerts per call up.
+    max_messages: int = 256
+    max_wait_ms: int = 50
     decode_processes: int = 0
 
     def __post_init__(self) -> None:

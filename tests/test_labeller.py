@@ -51,6 +51,28 @@ def test_decode_keeps_good_records_and_says_why_others_fail(model: StampModel) -
     assert [(r.error.reason.value, r.record_index) for r in rejected] == [("stamp_shape", 1)]
 
 
+def test_decode_batch_equals_decoding_each_message(model: StampModel) -> None:
+    """One vectorized call per batch, the same results as one message at a time."""
+    labeller = Labeller(model)
+    good = _records(synthetic_alert(2))[0]
+    edge = _records(synthetic_alert(3, size=51, ypos=None))[0]
+    payloads = [synthetic_alert(20), b"garbage", encode_container([good, edge, good]),
+                synthetic_alert(21), b"\x00junk"]
+    work, refused = labeller.decode_batch(
+        [(p, SOURCE, 7, tag) for tag, p in enumerate(payloads)])
+    one_by_one = [labeller.decode(p, SOURCE, 7) for p in payloads]
+    expected_work = [w for good_work, _ in one_by_one for w in good_work]
+    assert [w.alert.candid for w in work] == [w.alert.candid for w in expected_work]
+    for got, want in zip(work, expected_work, strict=True):
+        np.testing.assert_array_equal(got.prepared.image, want.prepared.image)
+        np.testing.assert_array_equal(got.prepared.features, want.prepared.features)
+    # Refusals carry their message's position, in message order.
+    assert [(tag, r.error.reason.value, r.record_index) for tag, r in refused] == [
+        (tag, r.error.reason.value, r.record_index)
+        for tag, (_, bad) in enumerate(one_by_one) for r in bad]
+    assert [tag for tag, _ in refused] == [1, 2, 4]
+
+
 def test_infer_keeps_order_and_matches_the_model(model: StampModel) -> None:
     policy = AsteroidPolicy(enabled=True, max_ssdistnr_arcsec=5.0)
     labeller = Labeller(model, asteroid_policy=policy)

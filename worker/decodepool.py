@@ -74,15 +74,9 @@ def decode_chunk(items: Sequence[Item], labeller: Labeller | None = None
     labeller = labeller or _LABELLER
     if labeller is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("decode_chunk called outside a DecodePool helper")
-    parsed = []
-    refused: list[Refusal] = []
-    for value, source, consumed_at_ms, tag in items:
-        good, bad = labeller.parse(value, source, consumed_at_ms, tag)
-        parsed += good
-        refused += [(tag, r.error.reason.value, r.error.detail, r.record_index) for r in bad]
-    work, rejected = labeller.prepare(parsed)
-    refused += [(p.tag, r.error.reason.value, r.error.detail, r.record_index)
-                for p, r in rejected]
+    work, rejected = labeller.decode_batch(items)
+    refused: list[Refusal] = [(tag, r.error.reason.value, r.error.detail, r.record_index)
+                              for tag, r in rejected]
     # The cutouts and the candidate record were used up by prepare(): leave them here.
     return [dataclasses.replace(w, alert=dataclasses.replace(
         w.alert, science=b"", template=b"", difference=b"", candidate={})) for w in work], refused

@@ -344,13 +344,8 @@ class Worker:
     def _classify_here(self, items: list[tuple[bytes, Source, int, int]]
                        ) -> tuple[list[Work], list[Outcome], list[tuple[int, Rejected]]]:
         """Decode in this process, then one model call for the batch."""
-        work: list[Work] = []
-        refused: list[tuple[int, Rejected]] = []
         with self.metrics.time_stage("decode"):
-            for value, source, consumed_at_ms, tag in items:
-                good, bad = self.labeller.decode(value, source, consumed_at_ms)
-                work += good
-                refused += [(tag, r) for r in bad]
+            work, refused = self.labeller.decode_batch(items)
         with self.metrics.time_stage("infer"):
             outcomes = self.labeller.infer(work)
         return work, outcomes, refused

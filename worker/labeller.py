@@ -98,9 +98,13 @@ class Rejected:
 
 @dataclass(slots=True)
 class Outcome:
-    """The model's (or the policy's) answer for one alert."""
+    """The model's (or the policy's) answer for one alert.
 
-    probabilities: np.ndarray
+    Five probabilities in :data:`CLASS_NAMES` order (plain floats), the method and the
+    flags.
+    """
+
+    probabilities: list[float]
     method: str
     flags: list[str]
 
@@ -298,8 +302,10 @@ class Labeller:
         probs = (self.model.predict(np.stack([p.image for p in cnn]),
                                     np.stack([p.features for p in cnn]))
                  if cnn else np.zeros((0, len(CLASS_NAMES)), np.float32))
-        rows = iter(probs)
-        policy_probs = np.eye(len(CLASS_NAMES), dtype=np.float32)[ASTEROID]
+        # Python floats once per batch: a label record wants floats, and per-alert
+        # numpy scalars cost more than the rest of the record.
+        rows = iter(probs.tolist())
+        policy_probs = [1.0 if c == ASTEROID else 0.0 for c in range(len(CLASS_NAMES))]
         out = []
         for item in work:
             if item.prepared is None:

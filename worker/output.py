@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fastavro
-import numpy as np
 
 from schemas import load_schema
 from worker import __version__
@@ -98,12 +97,12 @@ def label_record(alert: Alert, probabilities: Sequence[float], method: str, mode
     source : Source
         The input message.
     """
-    probs = np.asarray(probabilities, dtype=np.float64)
-    top = int(probs.argmax())
+    probs = [float(p) for p in probabilities]
+    top = max(range(len(probs)), key=probs.__getitem__)  # the first maximum, as argmax
     return {
         "objectId": alert.object_id, "candid": alert.candid, "jd": alert.jd,
-        "probabilities": {c: float(p) for c, p in zip(CLASS_NAMES, probs, strict=True)},
-        "top_class": CLASS_NAMES[top], "top_probability": float(probs[top]),
+        "probabilities": dict(zip(CLASS_NAMES, probs, strict=True)),
+        "top_class": CLASS_NAMES[top], "top_probability": probs[top],
         "method": method, "model_name": model_name, "model_version": model_version,
         "preprocessing_version": preprocessing_version, "flags": list(flags),
         "consumed_at": int(consumed_at_ms), "published_at": int(published_at_ms),

@@ -24,11 +24,9 @@ The only module that knows Kafka's commit rules:
   done, so the commit rules above do not change.
 * Batches overlap by one: batch k+1 is consumed (and handed to the helpers) before
   batch k is classified, produced and committed, so the helpers decode k+1 while this
-  process works on k.  Without helpers, batch k+1 is decoded here and its model call
-  runs in a thread of its own (TensorFlow releases the GIL) while this thread
-  produces batch k and decodes the next.  Commits stay in batch order and cover only
-  the finished batch; if batch k fails, k+1 is dropped uncommitted too.  When a batch
-  is in flight the next ``consume()`` does not wait, so a quiet stream adds no latency.
+  process works on k.  Commits stay in batch order and cover only the finished batch;
+  if batch k fails, k+1 is dropped uncommitted too.  When a batch is in flight the
+  next ``consume()`` does not wait, so a quiet stream adds no latency.
 * Rebalances happen inside ``consume()``: ``on_revoke`` finishes and commits the batch
   in flight (the last moment its offsets may be committed); ``on_lost`` drops it
   uncommitted (another member may own those partitions; a re-assignment starts again
@@ -43,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,12 +97,7 @@ class _Batch:
     messages: Sequence[Message]
     offsets: dict[tuple[str, int], int]
     items: list[tuple[bytes, Source, int, int]]
-    # With helpers: one future per chunk, each (work, refusals) of decode_chunk.
     futures: list[Future] | None = None
-    # Without helpers: the batch decoded here, and the future of its model call.
-    work: list[Work] = field(default_factory=list)
-    refused: list[tuple[int, Rejected]] = field(default_factory=list)
-    outcomes: Future | None = None
 
 
 def _source(message: Message) -> Source:
@@ -141,10 +134,6 @@ class Worker:
                                  config.asteroid_policy, config.registry.url,
                                  config.registry.client)
                       if config.batch.decode_processes > 0 else None)
-        # Without helpers, the model runs in this one thread, overlapping the Python
-        # work (decode, produce) of the loop's thread.
-        self._model_thread = (ThreadPoolExecutor(1, thread_name_prefix="stamp-model")
-                              if self._pool is None else None)
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._pending = _Pending()
@@ -249,8 +238,6 @@ class Worker:
     def _close(self) -> None:
         if self._pool is not None:
             self._pool.close()
-        if self._model_thread is not None:
-            self._model_thread.shutdown(wait=True, cancel_futures=True)
         remaining = self.producer.flush(self.config.shutdown_timeout_s)
         if remaining:
             log.error("%d produced records were not delivered before shutdown", remaining)
@@ -290,8 +277,7 @@ class Worker:
         """Take a consumed micro-batch in.
 
         It is counted, its offsets noted, and its messages handed to the decode helpers
-        when there are some; without helpers it is decoded here and its model call
-        started in the model thread.  Nothing is produced or committed yet.
+        when there are some; nothing is produced or committed yet.
         """
         consumed_at_ms = int(time.time() * 1000)
         self.metrics.observe_batch(len(messages))
@@ -312,17 +298,7 @@ class Worker:
                               -(-len(items) // self.config.batch.decode_processes)))
             batch.futures = [self._pool.submit(items[i:i + size])
                              for i in range(0, len(items), size)]
-        else:
-            with self.metrics.time_stage("decode"):
-                batch.work, batch.refused = self.labeller.decode_batch(items)
-            assert self._model_thread is not None
-            batch.outcomes = self._model_thread.submit(self._infer, batch.work)
         return batch
-
-    def _infer(self, work: list[Work]) -> list[Outcome]:
-        """The model call of one batch (in the model thread), timed as "infer"."""
-        with self.metrics.time_stage("infer"):
-            return self.labeller.infer(work)
 
     def finish_batch(self, batch: _Batch) -> None:
         """Classify, publish and commit a batch from :meth:`start_batch` (all or nothing)."""
@@ -330,9 +306,7 @@ class Worker:
         if batch.futures is not None:
             work, outcomes, refused = self._classify_in_pool(batch)
         else:
-            assert batch.outcomes is not None
-            work, refused = batch.work, batch.refused
-            outcomes = batch.outcomes.result()  # a model failure: no commit
+            work, outcomes, refused = self._classify_here(batch.items)
         dead = [(messages[tag], rejected) for tag, rejected in refused]
         if self.config.exactly_once:
             self.producer.begin_transaction()
@@ -366,6 +340,15 @@ class Worker:
             self.producer.abort_transaction(self.config.shutdown_timeout_s)
         except KafkaException as exc:
             log.error("could not abort the batch's transaction: %s", exc)
+
+    def _classify_here(self, items: list[tuple[bytes, Source, int, int]]
+                       ) -> tuple[list[Work], list[Outcome], list[tuple[int, Rejected]]]:
+        """Decode in this process, then one model call for the batch."""
+        with self.metrics.time_stage("decode"):
+            work, refused = self.labeller.decode_batch(items)
+        with self.metrics.time_stage("infer"):
+            outcomes = self.labeller.infer(work)
+        return work, outcomes, refused
 
     def _classify_in_pool(self, batch: _Batch
                           ) -> tuple[list[Work], list[Outcome], list[tuple[int, Rejected]]]:

@@ -223,18 +223,20 @@ class FailingOnCall(FailingModel):
         return self._real.predict(images, features)
 
 
+@pytest.mark.parametrize("decode_processes", [0, 1])
 def test_a_failed_batch_commits_neither_itself_nor_the_batch_consumed_after_it(
-        kafka_bootstrap: str, topic_factory, model_dir: Path, tmp_path: Path) -> None:
-    """Batches overlap by one: batch 3 is consumed (and sent to the helpers) before batch
-    2 is classified.  When batch 2 fails, only batch 1's offsets may be committed."""
+        kafka_bootstrap: str, topic_factory, model_dir: Path, tmp_path: Path,
+        decode_processes: int) -> None:
+    """Batches overlap by one: batch 3 is consumed (and, with a helper, decoded) before
+    batch 2 is finished.  When batch 2 fails, only batch 1's offsets may be committed."""
     topics = {"input": topic_factory("alerts", partitions=1), "output": topic_factory("labels"),
               "dlq": topic_factory("dead")}
     payloads = [synthetic_alert(seed) for seed in range(40)]
     group = f"worker-{uuid.uuid4().hex[:8]}"
     produce(kafka_bootstrap, topics["input"], payloads)
     config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
-                          decode_processes=1, max_messages=8)
-    # One chunk per batch with one helper: predict call n is batch n.
+                          decode_processes=decode_processes, max_messages=8)
+    # One chunk per batch (one helper, or none): predict call n is batch n.
     worker = make_worker(config, FailingOnCall(StampModel.load(model_dir), failing_call=2))
     sizes: list[int] = []
     real_start = worker.start_batch

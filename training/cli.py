@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rotinv: two dense layers of their own for the metadata features")
     p.add_argument("--trunk-filters", type=_filters, default=None, metavar="A,B,C,D",
                    help="rotinv: filters of the trunk's four convolutions (default "
-                        "16,32,64,128; 8,16,32,64 runs about 2.4x faster on a CPU)")
+                        "16,32,64,128; 8,16,32,64 needs 40%% of its CPU time per alert)")
     p.add_argument("--version", default="1", help="artifact version string")
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.set_defaults(run=_train)

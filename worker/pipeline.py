@@ -189,7 +189,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
-    def run(self, max_batches: int | None = None) -> int:
+    def run(self) -> int:
         """Run until stopped; return the exit status (0 after a clean stop).
 
         Failures (broker, model, registry, delivery, commit) propagate after the
@@ -198,11 +198,8 @@ class Worker:
         self.consumer.subscribe(list(self.config.topics.input), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         timeout = self.config.batch.max_wait_ms / 1000.0  # ≤ 1 s (validated)
-        started = 0
         try:
             while not self._stop.is_set():
-                if max_batches is not None and started >= max_batches:
-                    break
                 # With a batch in flight, take only what is already fetched: waiting
                 # would hold back that batch's labels in a quiet stream.
                 messages = self.consumer.consume(self.config.batch.max_messages,
@@ -214,7 +211,6 @@ class Worker:
                 else:
                     self.producer.poll(0)
                 batch = self.start_batch(messages) if messages else None
-                started += batch is not None
                 previous, self._in_flight = self._in_flight, batch
                 if previous is not None:
                     self.finish_batch(previous)

@@ -88,6 +88,16 @@ def make_topics(admin: AdminClient) -> dict[str, str]:
     return topics
 
 
+def delete_topics(admin: AdminClient, topics: dict[str, str]) -> None:
+    """Delete a measurement's topics: a shared development broker would otherwise keep
+    every run's alerts (about 3 GB a run) until its disk is full."""
+    for name, future in admin.delete_topics(list(topics.values())).items():
+        try:
+            future.result(30)
+        except Exception as exc:  # noqa: BLE001 - a leftover topic is worth a warning only
+            print(f"warning: topic {name} not deleted: {exc}", file=sys.stderr)
+
+
 DECODE_PROCESSES = 0  # set from --decode-processes
 MODEL_PATH: Path | None = None  # set from --model
 
@@ -195,6 +205,7 @@ def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog:
     finally:
         stop_workers(procs)
         consumer.close()
+        delete_topics(admin, topics)
     stamps = np.sort([r["published_at"].timestamp() for value in received
                       for r in decode_labels(value)])
     first = stamps[len(stamps) // 10]
@@ -253,6 +264,7 @@ def latency(bootstrap: str, admin: AdminClient, alerts: list[bytes], rate: float
     finally:
         stop_workers(procs)
         consumer.close()
+        delete_topics(admin, topics)
     pending = [(r["source_partition"], r["source_offset"], now) for value, now in received
                for r in decode_labels(value)]
     with lock:

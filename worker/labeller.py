@@ -164,7 +164,7 @@ class Labeller:
 
     def decode(self, payload: bytes, source: Source, consumed_at_ms: int
                ) -> tuple[list[Work], list[Rejected]]:
-        """Decode and preprocess every record of one message (:meth:`parse` + :meth:`prepare`).
+        """Decode and preprocess every record of one message (:meth:`decode_batch` of one).
 
         Parameters
         ----------
@@ -180,9 +180,8 @@ class Labeller:
         (list of Work, list of Rejected)
             Records ready for :meth:`infer`, and records refused with their reasons.
         """
-        parsed, rejected = self.parse(payload, source, consumed_at_ms)
-        work, refused = self.prepare(parsed)
-        return work, rejected + [r for _, r in refused]
+        work, refused = self.decode_batch([(payload, source, consumed_at_ms, 0)])
+        return work, [r for _, r in refused]
 
     def decode_batch(self, items: Sequence[tuple[bytes, Source, int, int]]
                      ) -> tuple[list[Work], list[tuple[int, Rejected]]]:

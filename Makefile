@@ -35,9 +35,13 @@ clean:
 # Single-node Kafka 4 broker (KRaft) for development: `make kafka-start` prints
 # KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT (folder .cache/kafka/run); needs java and, the
 # first time, mvn (deploy/kafka/pom.xml).
-.PHONY: kafka-start kafka-stop
+.PHONY: kafka-start kafka-stop kafka-wipe
 kafka-start: venv
 	@$(BIN)/python deploy/kafka/kafka.py start
 
 kafka-stop: venv
 	@$(BIN)/python deploy/kafka/kafka.py stop
+
+# Stop and delete the broker folder: its topics keep every message until then.
+kafka-wipe: venv
+	@$(BIN)/python deploy/kafka/kafka.py stop --wipe

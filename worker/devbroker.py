@@ -675,6 +675,29 @@ def _tail(text: str, lines: int) -> str:
 # ---------------------------------------------------------------------------- CLI
 
 
+def wipe(data_dir: Path) -> None:
+    """Delete a stopped broker's folder (its topics, data and logs).
+
+    Parameters
+    ----------
+    data_dir : Path
+        A folder made by :func:`start` (it holds ``server.properties``).
+
+    Raises
+    ------
+    DevBrokerError
+        A broker still runs from it, or it is not a broker folder (nothing is deleted).
+    """
+    if not data_dir.exists():
+        return
+    if Broker.attach(data_dir) is not None:
+        raise DevBrokerError(f"a broker still runs from {data_dir}: stop it first")
+    if not (data_dir / "server.properties").is_file():
+        raise DevBrokerError(f"{data_dir} holds no server.properties: not a broker folder, "
+                             "left as it is")
+    shutil.rmtree(data_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``start`` / ``stop`` / ``status`` command line; returns the exit status.
 
@@ -695,7 +718,11 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--port", type=int, help="client port (default: free one)")
     p_start.add_argument("--timeout", type=float, default=60.0,
                          help="seconds to wait for the broker (default 60)")
-    for p in (p_start, sub.add_parser("stop", help="stop the broker of --dir"),
+    p_stop = sub.add_parser("stop", help="stop the broker of --dir")
+    p_stop.add_argument("--wipe", action="store_true",
+                        help="also delete the broker folder: every topic, its data and "
+                             "logs (the broker keeps them across stops otherwise)")
+    for p in (p_start, p_stop,
               sub.add_parser("status", help="is a broker running from --dir?")):
         p.add_argument("--dir", type=Path, default=DEFAULT_RUN_DIR,
                        help=f"broker folder (default {DEFAULT_RUN_DIR})")
@@ -721,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 running.stop()
                 print(f"stopped Kafka broker pid {running.pid}", file=sys.stderr)
+            if args.wipe:
+                wipe(data_dir)
+                print(f"deleted {data_dir}", file=sys.stderr)
         else:
             if running is None:
                 print(f"not running ({data_dir})")

@@ -4,7 +4,7 @@ Usage::
 
     python deploy/kafka/kafka.py start [--port N] [--dir D]   # prints KAFKA_BOOTSTRAP_SERVERS=...
     python deploy/kafka/kafka.py status [--dir D]
-    python deploy/kafka/kafka.py stop [--dir D]
+    python deploy/kafka/kafka.py stop [--wipe] [--dir D]   # --wipe: delete every topic too
 
 The default folder is ``.cache/kafka/run`` in the repository.  The implementation is
 :mod:`worker.devbroker` (installed with the project, so this script needs no path set-up);

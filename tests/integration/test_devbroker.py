@@ -123,3 +123,24 @@ def test_stop_is_idempotent_and_the_process_is_gone(tmp_path: Path) -> None:
     assert devbroker.Broker.attach(tmp_path / "kafka") is None
     assert "shut down completed" in broker.log_file.read_text() or \
         "shutdown completed" in broker.log_file.read_text()
+
+
+def test_stop_wipe_deletes_the_broker_folder_and_nothing_else(tmp_path: Path) -> None:
+    """``kafka.py stop --wipe``: the broker's topics and logs go; a folder that is not a
+    broker's, or one a broker still runs from, is left as it is."""
+    other = tmp_path / "not-a-broker"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert devbroker.main(["stop", "--wipe", "--dir", str(other)]) == 1
+    assert (other / "keep.txt").read_text() == "mine"
+    folder = tmp_path / "kafka"
+    broker = devbroker.start(folder)
+    try:
+        with pytest.raises(devbroker.DevBrokerError, match="still runs"):
+            devbroker.wipe(folder)
+        assert (folder / "server.properties").is_file()
+    finally:
+        assert devbroker.main(["stop", "--wipe", "--dir", str(folder)]) == 0
+    assert not broker.is_running()
+    assert not folder.exists()
+    assert devbroker.main(["stop", "--wipe", "--dir", str(folder)]) == 0  # nothing left

@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import broker_for_run, data_dir, load_alerts
+from common import broker_for_run, data_dir, delete_topics, load_alerts
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
@@ -98,8 +98,7 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
     worker.request_stop()
     thread.join()
     check.close()
-    for future in admin.delete_topics(list(topics.values())).values():
-        future.result(30)
+    delete_topics(admin, topics)
     out = {"rate": backlog / elapsed}
     out.update({f"{k}_us": (after[k] - before[k]) / backlog * 1e6 for k in pids})
     out["cores"] = sum(after[k] - before[k] for k in pids) / elapsed

@@ -40,7 +40,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from common import broker_for_run, data_dir, load_alerts
+from common import broker_for_run, data_dir, delete_topics, load_alerts
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -86,16 +86,6 @@ def make_topics(admin: AdminClient) -> dict[str, str]:
     for future in futures.values():
         future.result(30)
     return topics
-
-
-def delete_topics(admin: AdminClient, topics: dict[str, str]) -> None:
-    """Delete a measurement's topics: a shared development broker would otherwise keep
-    every run's alerts (about 3 GB a run) until its disk is full."""
-    for name, future in admin.delete_topics(list(topics.values())).items():
-        try:
-            future.result(30)
-        except Exception as exc:  # noqa: BLE001 - a leftover topic is worth a warning only
-            print(f"warning: topic {name} not deleted: {exc}", file=sys.stderr)
 
 
 DECODE_PROCESSES = 0  # set from --decode-processes

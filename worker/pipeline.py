@@ -101,6 +101,11 @@ class _Batch:
     futures: list[Future] | None = None
 
 
+def _next_offsets(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    """What to commit for the last processed offset of each partition: ``offset + 1``."""
+    return [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+
+
 def _source(message: Message) -> Source:
     kind, ts = message.timestamp()
     return Source(message.topic(), message.partition(), message.offset(),
@@ -496,7 +501,7 @@ class Worker:
                                            for tp in failed))
 
     def _commit_transaction(self, offsets: dict[tuple[str, int], int]) -> None:
-        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        partitions = _next_offsets(offsets)
         if partitions:
             self.producer.send_offsets_to_transaction(
                 partitions, self.consumer.consumer_group_metadata(), 30)
@@ -505,7 +510,7 @@ class Worker:
         self.metrics.commits.inc()
 
     def _commit(self, offsets: dict[tuple[str, int], int], asynchronous: bool = False) -> None:
-        partitions = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        partitions = _next_offsets(offsets)
         if not partitions:
             return
         if asynchronous:

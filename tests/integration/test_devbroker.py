@@ -141,6 +141,11 @@ def test_stop_wipe_deletes_the_broker_folder_and_nothing_else(tmp_path: Path) ->
         assert (folder / "server.properties").is_file()
     finally:
         assert devbroker.main(["stop", "--wipe", "--dir", str(folder)]) == 0
+    # `stop` returns once the JVM's command line is gone; the exiting process may take a
+    # moment more to end (and be reaped here, its parent).
+    deadline = time.monotonic() + 10
+    while broker.is_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not broker.is_running()
     assert not folder.exists()
     assert devbroker.main(["stop", "--wipe", "--dir", str(folder)]) == 0  # nothing left

@@ -6,8 +6,9 @@ ones), then a :class:`worker.pipeline.Worker` (the bundled model or ``--model``,
 of ``--max-messages``) drains it in this process; the clock runs from the assignment of
 the partitions until the group's committed offsets cover the backlog, so model loading,
 helper start-up and the group join are excluded, and no load generator shares the
-cores. CPU time is read from
-``/proc`` for the worker, its helpers and the broker (when this script started it).
+cores. CPU time is read from ``/proc`` for the worker, its helpers and the broker (the one
+this script started, or the only local Kafka JVM), and for the whole machine ("machine
+busy": everything, this script's own threads and other tenants included) [cores].
 
 Run from the repository root::
 
@@ -26,7 +27,15 @@ import time
 import uuid
 from pathlib import Path
 
-from common import broker_for_run, data_dir, delete_topics, load_alerts
+from common import (
+    broker_for_run,
+    cpu_seconds,
+    data_dir,
+    delete_topics,
+    load_alerts,
+    local_broker_pid,
+    machine_busy_seconds,
+)
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
@@ -37,16 +46,6 @@ from worker.model import StampModel
 from worker.pipeline import Worker
 
 PARTITIONS = 3
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far [s] (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
@@ -85,6 +84,7 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
     while not health.ready()[0]:
         time.sleep(0.001)
     before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+    machine_before = machine_busy_seconds()
     start = time.perf_counter()
     check = Consumer({"bootstrap.servers": bootstrap, "group.id": config.group_id})
     while True:
@@ -95,6 +95,7 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
         time.sleep(0.02)
     elapsed = time.perf_counter() - start
     after = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+    machine = (machine_busy_seconds() - machine_before) / elapsed
     worker.request_stop()
     thread.join()
     check.close()
@@ -102,6 +103,7 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, processes: int,
     out = {"rate": backlog / elapsed}
     out.update({f"{k}_us": (after[k] - before[k]) / backlog * 1e6 for k in pids})
     out["cores"] = sum(after[k] - before[k] for k in pids) / elapsed
+    out["machine"] = machine
     return out
 
 
@@ -120,19 +122,22 @@ def main() -> int:
     model = StampModel.load(args.model)
     model.warm_up(args.max_messages)
     rows = []
-    with broker_for_run("bench-drain-") as (bootstrap, broker_pid, _):
+    with broker_for_run("bench-drain-") as (bootstrap, started_pid, _):
+        broker_pid = local_broker_pid(started_pid)
         for _ in range(args.repeat):
             for processes in args.decode_processes:
                 rows.append((processes, drain(bootstrap, alerts, args.backlog, processes, model,
                                               broker_pid, args.max_messages)))
     print(f"{os.cpu_count()} cores; model {model.manifest.name} {model.manifest.version}; "
           f"backlog {args.backlog} alerts, batches of {args.max_messages}; CPU per alert [µs]")
-    print("\n| decode_processes | alerts/s | worker | helpers | broker | cores busy |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| decode_processes | alerts/s | worker | helpers | broker | cores busy | "
+          "machine busy |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for processes, r in rows:
         broker_us = f"{r['broker_us']:,.0f}" if broker_pid else "n/a"
         print(f"| {processes} | {r['rate']:,.0f} | {r['worker_us']:,.0f} | "
-              f"{r['helpers_us']:,.0f} | {broker_us} | {r['cores']:.2f} |")
+              f"{r['helpers_us']:,.0f} | {broker_us} | {r['cores']:.2f} | "
+              f"{r['machine']:.2f} |")
     return 0
 
 

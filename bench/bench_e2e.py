@@ -6,7 +6,9 @@ Two measurements, each with fresh topics and a worker started as its own process
 1. **Sustained throughput**: the worker(s) start and become ready, then ``--backlog``
    alerts are produced and drained. Rate = labels / span of the labels' ``published_at``
    stamps, leaving out the first 10 % (made while the backlog producer still runs), so
-   model loading and start-up are excluded.
+   model loading and start-up are excluded. Over the same span, the cores kept busy by
+   the whole machine, the worker(s) with their helpers, the broker (the one started for
+   the run, or the only local Kafka JVM) and the benchmark itself, from ``/proc``.
 2. **Latency at a fixed offered rate**: once the worker is ready, a producer offers
    ``--rate`` alerts/s for ``--duration`` seconds; for every label, latency = the time the
    label reached a consumer − the time its alert was produced (the alert's Kafka
@@ -21,8 +23,8 @@ Run from the repository root::
     .venv/bin/python bench/bench_e2e.py [--backlog 10000] [--rate 1000] [--duration 30]
         [--workers 1]
 
-``--workers N`` runs N worker processes in one consumer group (the input topic has 3
-partitions), the way a deployment scales out.
+``--workers N`` runs N worker processes in one consumer group, the way a deployment
+scales out; ``--partitions`` (default 3) sets the input topic's partitions.
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from common import broker_for_run, data_dir, delete_topics, load_alerts
+from common import (
+    CpuSampler,
+    broker_for_run,
+    children,
+    data_dir,
+    delete_topics,
+    load_alerts,
+    local_broker_pid,
+)
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -49,7 +59,7 @@ from worker.errors import AlertError
 from worker.output import decode_labels
 from worker.stamps import prepare_alert
 
-PARTITIONS = 3
+PARTITIONS = 3  # of the input topic; set from --partitions
 
 
 def labels_per_message(alerts: list[bytes]) -> list[int]:
@@ -166,12 +176,15 @@ def collect(consumer: Consumer, expected: int, timeout: float,
 
 
 def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog: int,
-               workdir: Path, max_messages: int, workers: int) -> dict:
+               workdir: Path, max_messages: int, workers: int, broker_pid: int | None
+               ) -> dict:
     """Drain a backlog; the rate comes from the labels' own ``published_at`` stamps.
 
     The workers are started (model loaded, partitions assigned) before the backlog is
     produced, so start-up is excluded; the first 10 % of labels are left out of the
-    span, as the backlog producer still shares the cores while they are made.
+    span, as the backlog producer still shares the cores while they are made.  CPU time
+    of the machine, the workers (with their decode helpers), the broker and this
+    benchmark is sampled so the cores each kept busy over the same span are known.
     """
     topics = make_topics(admin)
     consumer = label_consumer(bootstrap, topics["output"])
@@ -184,14 +197,18 @@ def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog:
     def on_label(message, now: float) -> None:
         received.append(message.value())  # decoded after the run: no CPU taken from it
 
+    groups = {"worker": lambda: [q for p in procs for q in (p.pid, *children(p.pid))],
+              "broker": lambda: [broker_pid] if broker_pid else [],
+              "benchmark": lambda: [os.getpid()]}
+    expected = expected_labels(labels_per_message(alerts), backlog)
     try:
-        for i in range(backlog):
-            producer.produce(topics["input"], alerts[i % len(alerts)], key=str(i).encode())
-            if i % 1000 == 0:
-                producer.poll(0)
-        producer.flush(120)
-        collect(consumer, expected_labels(labels_per_message(alerts), backlog),
-                timeout=max(120.0, backlog / 100), on_label=on_label)
+        with CpuSampler(groups) as sampler:
+            for i in range(backlog):
+                producer.produce(topics["input"], alerts[i % len(alerts)], key=str(i).encode())
+                if i % 1000 == 0:
+                    producer.poll(0)
+            producer.flush(120)
+            collect(consumer, expected, timeout=max(120.0, backlog / 100), on_label=on_label)
     finally:
         stop_workers(procs)
         consumer.close()
@@ -201,7 +218,8 @@ def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog:
     first = stamps[len(stamps) // 10]
     span = stamps[-1] - first
     counted = len(stamps) - len(stamps) // 10 - 1
-    return {"labels": len(stamps), "seconds": span, "rate": counted / span}
+    return {"labels": len(stamps), "seconds": span, "rate": counted / span,
+            "cores": sampler.cores(first, stamps[-1])}
 
 
 def latency(bootstrap: str, admin: AdminClient, alerts: list[bytes], rate: float,
@@ -286,16 +304,20 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None,
                         help="model artifact directory (default: the bundled one)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes in the consumer group (3 partitions)")
+                        help="worker processes in the consumer group")
+    parser.add_argument("--partitions", type=int, default=3,
+                        help="partitions of the input topic (a multiple of --workers "
+                             "shares the backlog evenly)")
     args = parser.parse_args()
-    global DECODE_PROCESSES, MODEL_PATH
+    global DECODE_PROCESSES, MODEL_PATH, PARTITIONS
+    PARTITIONS = args.partitions
     DECODE_PROCESSES = args.decode_processes
     MODEL_PATH = args.model
     alerts, described = load_alerts(data_dir(args.data))
-    with broker_for_run("bench-e2e-") as (bootstrap, _, workdir):
+    with broker_for_run("bench-e2e-") as (bootstrap, started_pid, workdir):
         admin = AdminClient({"bootstrap.servers": bootstrap})
         tput = throughput(bootstrap, admin, alerts, args.backlog, workdir, args.max_messages,
-                          args.workers)
+                          args.workers, local_broker_pid(started_pid))
         lat = latency(bootstrap, admin, alerts, args.rate, args.duration, workdir,
                       args.max_messages, args.max_wait_ms, args.workers,
                       args.producer_linger_ms)
@@ -304,10 +326,16 @@ def main() -> int:
                platform.processor())
     print(f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; input: "
           f"{described}; {args.workers} worker process(es) with {args.decode_processes} decode "
-          f"helper(s), batch ≤ {args.max_messages} messages / {args.max_wait_ms} ms; offering "
+          f"helper(s), {PARTITIONS} input partitions, batch ≤ {args.max_messages} messages / "
+          f"{args.max_wait_ms} ms; offering "
           f"producer linger.ms {args.producer_linger_ms:g}; model: {args.model or 'bundled'}")
     print("\n| measurement | value |\n|---|---:|")
     print(f"| sustained throughput (backlog of {args.backlog}) | {tput['rate']:,.0f} alerts/s |")
+    cores = tput["cores"]
+    if cores:
+        print(f"| cores busy while draining: machine / worker(s) / broker / benchmark | "
+              f"{cores['machine']:.2f} / {cores['worker']:.2f} / "
+              f"{cores['broker']:.2f} / {cores['benchmark']:.2f} of {os.cpu_count()} |")
     print(f"| offered rate | {lat['offered_rate']:,.0f} alerts/s for {args.duration:.0f} s |")
     print(f"| labelled | {lat['labelled']} of {lat['offered']} "
           f"({lat['matched']} matched to their produce time) |")

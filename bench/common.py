@@ -11,6 +11,8 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +64,98 @@ def delete_topics(admin: AdminClient, topics: dict[str, str]) -> None:
             future.result(30)
         except Exception as exc:  # noqa: BLE001 - a leftover topic is worth a warning only
             print(f"warning: topic {name} not deleted: {exc}", file=sys.stderr)
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far [s] (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (a worker's decode helpers), from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def local_broker_pid(known: int | None) -> int | None:
+    """The broker's pid: the one the run started, else the only local Kafka JVM (the
+    development broker behind ``$KAFKA_BOOTSTRAP_SERVERS``), else None."""
+    if known:
+        return known
+    jvms = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"kafka.Kafka" in cmdline.read_bytes():
+                jvms.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return jvms[0] if len(jvms) == 1 else None
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores, not idle or iowait) [s]."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / TICK
+
+
+class CpuSampler:
+    """Samples CPU time of the machine and of groups of processes every ``interval`` s,
+    so the cores each group kept busy can be read for any window afterwards (the
+    end-to-end benchmark's window is only known once its labels are in).
+
+    Parameters
+    ----------
+    groups : dict of str to callable
+        Group name → a function returning the group's pids at sampling time.
+    interval : float
+        Seconds between samples.
+    """
+
+    def __init__(self, groups: dict, interval: float = 0.2) -> None:
+        self.groups = groups
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        row = {"machine": machine_busy_seconds()}
+        for name, pids in self.groups.items():
+            row[name] = sum(cpu_seconds(p) for p in pids())
+        self.samples.append((time.time(), row))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def cores(self, start: float, end: float) -> dict[str, float]:
+        """Mean cores busy per group (and ``machine``) between two ``time.time()`` stamps,
+        from the first sample at or after ``start`` to the last at or before ``end``."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return {}
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        return {name: (last[name] - first[name]) / (t1 - t0) for name in first}

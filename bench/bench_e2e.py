@@ -23,8 +23,9 @@ Run from the repository root::
     .venv/bin/python bench/bench_e2e.py [--backlog 10000] [--rate 1000] [--duration 30]
         [--workers 1]
 
-``--workers N`` runs N worker processes in one consumer group, the way a deployment
-scales out; ``--partitions`` (default 3) sets the input topic's partitions.
+``--processes N`` sets ``processes: N`` (one command, N worker processes); ``--workers N``
+runs N commands in one consumer group, the way a deployment scales out across machines;
+``--partitions`` (default 3) sets the input topic's partitions.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def make_topics(admin: AdminClient) -> dict[str, str]:
 
 
 DECODE_PROCESSES = 0  # set from --decode-processes
+PROCESSES = 1  # set from --processes
 MODEL_PATH: Path | None = None  # set from --model
 
 
@@ -110,6 +112,9 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # With ``processes: N``, process i serves on port + i; the last one is awaited (the
+    # processes start together, and a process is ready once it has partitions).
+    ready_port = port + PROCESSES - 1
     config = workdir / f"worker-{topics['input']}-{index}.yaml"
     config.write_text(
         f"kafka:\n  bootstrap_servers: '{bootstrap}'\n"
@@ -118,6 +123,7 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
         f"group_id: bench-{topics['input']}\n"
         f"batch:\n  max_messages: {max_messages}\n  max_wait_ms: {max_wait_ms}\n"
         f"  decode_processes: {DECODE_PROCESSES}\n"
+        f"processes: {PROCESSES}\n"
         f"metrics:\n  port: {port}\n"
         + (f"model_path: '{MODEL_PATH.resolve()}'\n" if MODEL_PATH else ""))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -126,7 +132,8 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
+            if all(urllib.request.urlopen(f"http://127.0.0.1:{p}/readyz", timeout=1).status
+                   == 200 for p in range(port, ready_port + 1)):
                 return proc, port
         except OSError:
             pass
@@ -304,13 +311,17 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None,
                         help="model artifact directory (default: the bundled one)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes in the consumer group")
+                        help="`stamp-worker run` commands in the consumer group")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="`processes` setting of each command (worker processes it "
+                             "starts)")
     parser.add_argument("--partitions", type=int, default=3,
                         help="partitions of the input topic (a multiple of --workers "
                              "shares the backlog evenly)")
     args = parser.parse_args()
-    global DECODE_PROCESSES, MODEL_PATH, PARTITIONS
+    global DECODE_PROCESSES, MODEL_PATH, PARTITIONS, PROCESSES
     PARTITIONS = args.partitions
+    PROCESSES = args.processes
     DECODE_PROCESSES = args.decode_processes
     MODEL_PATH = args.model
     alerts, described = load_alerts(data_dir(args.data))
@@ -325,9 +336,9 @@ def main() -> int:
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())
     print(f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; input: "
-          f"{described}; {args.workers} worker process(es) with {args.decode_processes} decode "
-          f"helper(s), {PARTITIONS} input partitions, batch ≤ {args.max_messages} messages / "
-          f"{args.max_wait_ms} ms; offering "
+          f"{described}; {args.workers} command(s) of {args.processes} worker process(es) "
+          f"with {args.decode_processes} decode helper(s), {PARTITIONS} input partitions, "
+          f"batch ≤ {args.max_messages} messages / {args.max_wait_ms} ms; offering "
           f"producer linger.ms {args.producer_linger_ms:g}; model: {args.model or 'bundled'}")
     print("\n| measurement | value |\n|---|---:|")
     print(f"| sustained throughput (backlog of {args.backlog}) | {tput['rate']:,.0f} alerts/s |")

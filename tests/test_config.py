@@ -387,6 +387,10 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "positive number [s]"),
     ("group id as a number", {"group_id": 123}, "group_id", "quote it in YAML"),
     ("model path missing", {"model_path": "/no/such/model"}, "model_path", "does not exist"),
+    ("zero processes", {"processes": 0}, "processes", "from 1 to 64"),
+    ("processes as text", {"processes": "two"}, "processes", "got string 'two'"),
+    ("metrics ports past 65535", {"processes": 4, "metrics": {"port": 65534}}, "processes",
+     "ports 65534 to 65537, past 65535"),
 ]
 
 

@@ -3,7 +3,8 @@
 Subcommands
 -----------
 run [--config FILE]
-    The streaming worker: consume alerts, publish labels, serve metrics, until SIGTERM.
+    The streaming worker: consume alerts, publish labels, serve metrics, until SIGTERM
+    (``processes: N`` runs N worker processes in the consumer group).
 demo
     The whole job end to end on an embedded default (local broker, sample alerts,
     bundled model), then a table of labels per class and latencies.
@@ -99,6 +100,9 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
 def run(config_path: str | None) -> int:
     """Run the streaming worker until SIGTERM/SIGINT (exit 0) or a failure (exit 1).
 
+    With ``processes: N`` > 1 in the configuration, start N worker processes (each this
+    command with one process) and watch them (:func:`worker.processes.supervise`).
+
     Parameters
     ----------
     config_path : str or None
@@ -112,22 +116,31 @@ def run(config_path: str | None) -> int:
     """
     import logging
 
-    from prometheus_client import CollectorRegistry
-
     from worker.config import ConfigError, load_config, to_dict
-    from worker.metrics import HealthState, MetricsServer, WorkerMetrics
-    from worker.model import ModelError, StampModel
-    from worker.pipeline import Worker
-    from worker.registry import ConfluentSchemaRegistry
 
+    # The pid tells the lines of several worker processes apart (``processes: N``).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     log = logging.getLogger("stamp_worker")
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         raise SystemExit(f"stamp-worker run: configuration: {exc}") from exc
+    if config.processes > 1:
+        # Before the model is imported: this process only starts and watches the workers.
+        from worker.processes import supervise
+
+        log.info("starting %d worker processes", config.processes)
+        command = [sys.executable, "-m", "worker.cli", "run"]
+        return supervise(config, command + (["--config", config_path] if config_path else []))
     log.info("configuration: %s", to_dict(config))
+
+    from prometheus_client import CollectorRegistry
+
+    from worker.metrics import HealthState, MetricsServer, WorkerMetrics
+    from worker.model import ModelError, StampModel
+    from worker.pipeline import Worker
+    from worker.registry import ConfluentSchemaRegistry
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     health = HealthState()

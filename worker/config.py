@@ -600,6 +600,7 @@ class TopicsConfig:
         checks.done()
 
 
+MAX_PROCESSES = 64  # worker processes of one `stamp-worker run`
 MAX_WAIT_MS = 1000  # one consume() per batch, and SIGTERM seen within a second
 
 
@@ -781,6 +782,12 @@ class WorkerConfig:
         the labels must read with ``isolation.level=read_committed``).
     shutdown_timeout_s : float
         Longest wait for outstanding deliveries when stopping [s], > 0.
+    processes : int
+        Worker processes ``stamp-worker run`` starts (1 to 64), each a full worker and a
+        member of the consumer group; process *i* serves its metrics on
+        ``metrics.port + i``.  One process runs its stages one after the other and so
+        keeps about 1.2 cores busy; on the 2-core development machine 2 processes
+        drained 1.5× as many alerts per second (README, End-to-end performance).
 
     Notes
     -----
@@ -798,6 +805,7 @@ class WorkerConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     exactly_once: bool = False
     shutdown_timeout_s: float = 30.0
+    processes: int = 1
 
     def __post_init__(self) -> None:
         checks = _Checks(self, "")
@@ -807,6 +815,12 @@ class WorkerConfig:
         checks.field("model_path", _model_dir)
         exactly_once = checks.field("exactly_once", _boolean)
         checks.field("shutdown_timeout_s", _number, positive=True, unit="s")
+        processes = checks.field("processes", _integer, low=1, high=MAX_PROCESSES)
+        if (isinstance(processes, int) and isinstance(self.metrics, MetricsConfig)
+                and self.metrics.port and self.metrics.port + processes - 1 > 65535):
+            checks.add(f"{processes} processes serve metrics on ports {self.metrics.port} to "
+                       f"{self.metrics.port + processes - 1}, past 65535; lower metrics.port",
+                       "processes")
         if exactly_once is True and isinstance(self.kafka, KafkaConfig):
             idempotence = self.kafka.producer.get("enable.idempotence", True)
             if _librdkafka_bool(idempotence) is not True:
@@ -1034,8 +1048,8 @@ def _build(tree: dict[Any, Any], base_dir: Path | None) -> WorkerConfig:
         section = _build_section(name, tree.get(name), problems)
         if section is not _ABSENT:
             kwargs[name] = section
-    for name in ("group_id", "model_path", "exactly_once", "shutdown_timeout_s"):
-        if name in tree:
+    for name in _TOP_KEYS:
+        if name not in _SECTION_TYPES and name in tree:
             kwargs[name] = tree[name]
     model_path = kwargs.get("model_path")
     if (base_dir is not None and isinstance(model_path, str) and model_path.strip()

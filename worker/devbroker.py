@@ -34,7 +34,6 @@ import argparse
 import atexit
 import base64
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -47,11 +46,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from confluent_kafka.admin import AdminClient
+
+from worker.processes import die_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 POM = Path(os.environ.get("STAMP_KAFKA_POM", REPO / "deploy" / "kafka" / "pom.xml"))
@@ -380,7 +380,7 @@ def _launch(jvm: list[str], env: dict[str, str], data_dir: Path, port: int,
             [*jvm, "kafka.Kafka", str(properties)], cwd=data_dir, env=env,
             stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=None if detach else _die_with_parent(os.getpid()))
+            preexec_fn=None if detach else die_with_parent(os.getpid()))
     finally:
         stdout.close()
     broker = Broker(data_dir, port, controller_port, process.pid,
@@ -595,25 +595,6 @@ def _is_our_jvm(pid: int, data_dir: Path) -> bool:
         return False
     return (b"kafka.Kafka" in cmdline
             and str(data_dir / "server.properties").encode() in cmdline)
-
-
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has Linux SIGTERM the child when ``parent`` dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
-
-    return preexec
 
 
 _LOG_NAMES = ("stdout.log", "server.log")

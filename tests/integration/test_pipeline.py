@@ -479,3 +479,89 @@ def _value(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def _free_ports(n: int) -> int:
+    """A port p with p … p + n − 1 free now (for ``processes: n`` metrics servers)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + n - 1 > 65535:
+            continue
+        try:
+            for offset in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no run of free ports")
+
+
+def _ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "one_killed"])
+def test_two_processes_share_the_partitions_and_stop_together(
+        kafka_bootstrap: str, topic_factory, model_dir: Path, tmp_path: Path,
+        stop: str) -> None:
+    """``processes: 2``: both workers get partitions and serve metrics on ports p and
+    p + 1; SIGTERM drains both (exit 0); a worker killed with SIGKILL stops the other
+    (exit 137) and a restart labels what was left."""
+    topics = {"input": topic_factory("alerts", partitions=4), "output": topic_factory("labels"),
+              "dlq": topic_factory("dead")}
+    payloads = [synthetic_alert(seed) for seed in range(400)]
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    port = _free_ports(2)
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          metrics_port=port, processes="2")
+    proc = _start_cli(config)
+    try:
+        deadline = time.monotonic() + 180
+        while not (_ready(port) and _ready(port + 1)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _ready(port) and _ready(port + 1), "each process is assigned partitions"
+        produce(kafka_bootstrap, topics["input"], payloads)
+        if stop == "sigterm":
+            while (sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 4))
+                   < len(payloads) and time.monotonic() < deadline):
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+        else:
+            while (sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 4))
+                   == 0 and time.monotonic() < deadline):
+                time.sleep(0.1)
+            children = [int(line.rsplit("pid ", 1)[1].split(",")[0])
+                        for line in _lines_so_far(proc) if ": pid " in line]
+            os.kill(children[0], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if stop == "sigterm":
+        assert proc.returncode == 0, output
+        assert output.count("stopped cleanly") == 2, output
+    else:
+        assert proc.returncode == 128 + signal.SIGKILL, output
+        assert "failed with status 137: stopping the others" in output
+        assert output.count("stopped cleanly") == 1, output  # the other drained
+        worker = make_worker(config)
+        run_until_committed(worker, kafka_bootstrap, group, topics["input"], 4, len(payloads))
+    assert sum(committed(kafka_bootstrap, group, topics["input"], 4)) == len(payloads)
+    labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
+    assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 400
+
+
+def _lines_so_far(proc: subprocess.Popen) -> list[str]:
+    """The supervisor's log lines up to the two "worker process N: pid P" lines."""
+    lines: list[str] = []
+    while sum(": pid " in line for line in lines) < 2:
+        lines.append(proc.stdout.readline())
+    return lines

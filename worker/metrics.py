@@ -165,6 +165,10 @@ class WorkerMetrics:
         self.delivery_failures = counter(
             "delivery_failures", "Produced records whose delivery failed (batch not "
             "committed).")
+        self.consumer_errors = counter(
+            "consumer_errors", "Errors librdkafka reported through consume() that it "
+            "recovers from itself (e.g. an input topic that does not exist yet), by "
+            "error name.", ("error",))
         self.commits = counter("commits", "Successful offset commits.")
         self.commit_failures = counter("commit_failures", "Failed offset commits.")
         self.rebalances = counter(

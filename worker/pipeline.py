@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import signal
 import threading
 import time
@@ -66,6 +67,8 @@ DECODE_CHUNK = 128
 # alerts/s and 50 ms batches is a third of the time; a few in the air bound the
 # duplicates a crash can cause.
 MAX_UNCONFIRMED = 4
+# Seconds between two log lines for the same recoverable consumer error.
+CONSUMER_ERROR_LOG_S = 60.0
 
 
 class DeliveryError(RuntimeError):
@@ -149,6 +152,7 @@ class Worker:
         # Offsets committed asynchronously since the last synchronous commit, which
         # repeats them: an asynchronous commit may still be in the air at a stop.
         self._committed_async: dict[tuple[str, int], int] = {}
+        self._error_logged: dict[str, float] = {}  # consumer error text → when logged
         kafka = config.kafka
         consumer_conf: dict[str, Any] = {
             "session.timeout.ms": 45000,
@@ -292,10 +296,17 @@ class Worker:
         offsets: dict[tuple[str, int], int] = {}
         items: list[tuple[bytes, Source, int, int]] = []
         for position, message in enumerate(messages):
-            if message.error() is not None:
-                if message.error().code() == KafkaError._PARTITION_EOF:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise KafkaException(message.error())
+                if error.fatal() or message.offset() is not None:
+                    # The client is unusable, or a message at an offset could not be
+                    # read: stop with nothing of this batch committed (a restart reads
+                    # the message again) rather than step over an alert.
+                    raise KafkaException(error)
+                self._consumer_error(error)
+                continue
             self.metrics.consumed.inc()
             key = (message.topic(), message.partition())
             offsets[key] = max(offsets.get(key, -1), message.offset())
@@ -307,6 +318,23 @@ class Worker:
             batch.futures = [self._pool.submit(items[i:i + size])
                              for i in range(0, len(items), size)]
         return batch
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        """Count, log and show an error that librdkafka recovers from by itself.
+
+        Such errors are an input topic that does not exist yet or is not authorized, or
+        brokers down.  Each kind is logged at most once a minute and shown by
+        ``/readyz`` while no partition is assigned.  Stopping instead would turn a topic
+        created a moment after the worker into a crash loop.
+        """
+        self.metrics.consumer_errors.labels(error=error.name()).inc()
+        now = time.monotonic()
+        if now - self._error_logged.get(error.str(), -math.inf) >= CONSUMER_ERROR_LOG_S:
+            self._error_logged[error.str()] = now
+            log.warning("consumer: %s (retrying; repeats are counted in "
+                        "stamp_worker_consumer_errors_total)", error.str())
+        if not self._assigned:
+            self.health.set_ready(False, f"no partitions assigned: {error.str()}")
 
     def finish_batch(self, batch: _Batch) -> None:
         """Classify, publish and commit a batch from :meth:`start_batch` (all or nothing)."""

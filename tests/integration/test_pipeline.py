@@ -565,3 +565,50 @@ def _lines_so_far(proc: subprocess.Popen) -> list[str]:
     while sum(": pid " in line for line in lines) < 2:
         lines.append(proc.stdout.readline())
     return lines
+
+
+def test_an_input_topic_created_after_the_worker_starts_is_consumed(
+        kafka_bootstrap: str, kafka_admin, topic_factory, model_dir: Path,
+        tmp_path: Path) -> None:
+    """librdkafka reports a subscribed topic that does not exist as an error it retries:
+    the worker counts it, says so in /readyz, and labels the alerts once the topic is
+    there (it used to stop with a traceback)."""
+    from confluent_kafka.admin import NewTopic
+
+    topics = {"input": f"alerts-later-{uuid.uuid4().hex[:12]}",
+              "output": topic_factory("labels"), "dlq": topic_factory("dead")}
+    group = f"worker-{uuid.uuid4().hex[:8]}"
+    config = load_config(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
+                                      model_dir), env={})
+    registry = CollectorRegistry()
+    health = HealthState()
+    worker = Worker(config, StampModel.load(config.model_path), WorkerMetrics(registry), health)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+
+    def errors() -> float:
+        return registry.get_sample_value("stamp_worker_consumer_errors_total",
+                                         {"error": "UNKNOWN_TOPIC_OR_PART"}) or 0.0
+
+    try:
+        deadline = time.monotonic() + 30
+        while errors() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert errors() > 0 and thread.is_alive()
+        ready, reason = health.ready()
+        assert not ready and "Unknown topic or partition" in reason, reason
+        kafka_admin.create_topics([NewTopic(topics["input"], 2, 1)])[topics["input"]].result(20)
+        payloads = [synthetic_alert(seed) for seed in range(50)]
+        produce(kafka_bootstrap, topics["input"], payloads)
+        deadline = time.monotonic() + 60
+        while (sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 2))
+               < len(payloads) and time.monotonic() < deadline):
+            time.sleep(0.2)
+        assert health.ready()[0]
+    finally:
+        worker.request_stop()
+        thread.join(30)
+        kafka_admin.delete_topics([topics["input"]])
+    assert not thread.is_alive()
+    labels = consume_all(kafka_bootstrap, topics["output"], len(payloads))
+    assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 50

@@ -142,6 +142,8 @@ def supervise(config: WorkerConfig, command: Sequence[str]) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for index in range(config.processes):
+            if stopping:  # a signal came while the processes were being started
+                break
             children.append(subprocess.Popen(
                 list(command), env=child_environment(config, index),
                 preexec_fn=die_with_parent(os.getpid())))

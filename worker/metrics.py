@@ -107,6 +107,10 @@ class WorkerMetrics:
     delivery_failures : Counter
         ``stamp_worker_delivery_failures_total``: produced records whose delivery
         failed (the batch is then not committed and the worker stops).
+    consumer_errors : Counter
+        ``stamp_worker_consumer_errors_total{error}``: errors librdkafka reported
+        through ``consume()`` and retries by itself, by error name (e.g.
+        ``UNKNOWN_TOPIC_OR_PART`` for an input topic that does not exist yet).
     commits : Counter
         ``stamp_worker_commits_total``: successful offset commits (one per batch).
     commit_failures : Counter

@@ -322,6 +322,10 @@ def main() -> int:
     global DECODE_PROCESSES, MODEL_PATH, PARTITIONS, PROCESSES
     PARTITIONS = args.partitions
     PROCESSES = args.processes
+    if PARTITIONS % (args.processes * args.workers):
+        print(f"warning: {PARTITIONS} partitions do not split evenly between "
+              f"{args.processes * args.workers} worker processes: the member with the most "
+              f"sets the pace (use --partitions)", file=sys.stderr)
     DECODE_PROCESSES = args.decode_processes
     MODEL_PATH = args.model
     alerts, described = load_alerts(data_dir(args.data))

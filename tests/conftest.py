@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def shared_data_dir() -> Path | None:
         if candidate and (Path(candidate) / "alerts_manifest.csv").is_file():
             return Path(candidate)
     return None
+
+
+def prometheus_tool(name: str) -> str:
+    """A program of Debian's ``prometheus`` package (``prometheus``, ``promtool``):
+    ``$<NAME>_BIN``, else the one on ``PATH``; skips the test with that message otherwise."""
+    variable = f"{name.upper()}_BIN"
+    binary = os.environ.get(variable) or shutil.which(name)
+    if not binary:
+        pytest.skip(f"{name} not found: set ${variable} or put `{name}` on PATH "
+                    "(Debian/Ubuntu: apt-get install prometheus)")
+    return binary
 
 
 @pytest.fixture(scope="session")

@@ -7,28 +7,18 @@ worker exports, so a renamed metric cannot leave a rule silently watching nothin
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import prometheus_tool
 from worker.metrics import WorkerMetrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 RULES = DEPLOY / "stamp-worker.rules.yml"
-
-
-def _promtool() -> str:
-    binary = os.environ.get("PROMTOOL_BIN") or shutil.which("promtool")
-    if not binary:
-        pytest.skip("promtool not found: set $PROMTOOL_BIN or put `promtool` on PATH "
-                    "(Debian/Ubuntu: apt-get install prometheus)")
-    return binary
 
 
 def _exported_names() -> set[str]:
@@ -44,13 +34,15 @@ def _exported_names() -> set[str]:
 
 
 def test_promtool_accepts_the_configuration() -> None:
-    result = subprocess.run([_promtool(), "check", "config", "prometheus.yml"], cwd=DEPLOY,
+    promtool = prometheus_tool("promtool")
+    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=DEPLOY,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_rules_pass_their_unit_tests() -> None:
-    result = subprocess.run([_promtool(), "test", "rules", "stamp-worker.rules.test.yml"],
+    promtool = prometheus_tool("promtool")
+    result = subprocess.run([promtool, "test", "rules", "stamp-worker.rules.test.yml"],
                             cwd=DEPLOY, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -7,8 +7,6 @@ Debian/Ubuntu: ``apt-get install prometheus``); skipped with that message otherw
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -22,17 +20,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import prometheus_tool
 from worker.metrics import HealthState, MetricsServer, WorkerMetrics
 
 DEADLINE_S = 60.0  # Prometheus start + first scrapes; generous for a loaded CI machine
-
-
-def _prometheus_binary() -> str:
-    binary = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
-    if not binary:
-        pytest.skip("prometheus binary not found: set $PROMETHEUS_BIN or put `prometheus` "
-                    "on PATH (Debian/Ubuntu: apt-get install prometheus)")
-    return binary
 
 
 def _free_port() -> int:
@@ -95,7 +86,7 @@ class _Prometheus:
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[_Prometheus]:
     """A Prometheus ready to :meth:`_Prometheus.start`; stopped after the test."""
-    instance = _Prometheus(_prometheus_binary(), tmp_path)
+    instance = _Prometheus(prometheus_tool("prometheus"), tmp_path)
     try:
         yield instance
     finally:

@@ -141,6 +141,7 @@ def run(config_path: str | None) -> int:
     from worker.model import ModelError, StampModel
     from worker.pipeline import Worker
     from worker.registry import ConfluentSchemaRegistry
+
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     health = HealthState()

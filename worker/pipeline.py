@@ -15,7 +15,9 @@ The only module that knows Kafka's commit rules:
   producer transaction per batch instead).
 * A bad alert is data: it goes to the dead-letter topic with its reason and its offset
   is committed.  A broker, model or registry failure is not: it propagates, nothing of
-  the batch is committed, and a restarted worker processes the batch again.
+  the batch is committed, and a restarted worker processes the batch again.  Consumer
+  errors that librdkafka retries by itself and that concern no message (an input topic
+  not there yet) are counted and logged, and the loop goes on.
 * SIGTERM/SIGINT only set a flag; the batch in hand is finished, committed, and the
   consumer closed (exit status 0).  Poll timeouts stay ≤ 1 s so the flag is seen.
 * With ``batch.decode_processes`` > 0, helper processes (:mod:`worker.decodepool`)

@@ -69,10 +69,15 @@ def delete_topics(admin: AdminClient, topics: dict[str, str]) -> None:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of a ``/proc/<pid>/stat`` file after the command name (state first)."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process so far [s] (0 when it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(Path(f"/proc/{pid}/stat"))
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
@@ -83,7 +88,7 @@ def children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if int(_stat_fields(stat)[1]) == pid:
                 found.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -433,11 +434,7 @@ def test_stopped_worker_loses_nothing(kafka_bootstrap: str, topics: dict, model_
 
 def test_metrics_move_during_a_run(kafka_bootstrap: str, topics: dict, model_dir: Path,
                                    tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_ports(1)
     payloads = [synthetic_alert(seed) for seed in range(300)] + [b"junk"]
     group = f"worker-{uuid.uuid4().hex[:8]}"
     produce(kafka_bootstrap, topics["input"], payloads)
@@ -483,8 +480,6 @@ def _value(text: str, name: str) -> float:
 
 def _free_ports(n: int) -> int:
     """A port p with p … p + n − 1 free now (for ``processes: n`` metrics servers)."""
-    import socket
-
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

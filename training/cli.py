@@ -6,6 +6,9 @@ convert
     One-time conversion of the ALeRCE stamp pickle to the safe ``.npz`` format.  A
     pickle runs code when loaded: this is the only command that loads one, and only
     with ``--i-trust-this-pickle``.
+dataset
+    Real alerts (files, folders, tar archives, Parquet tables) and a labels CSV → a
+    labelled ``.npz`` through the worker's own decoding; refused alerts listed.
 simulate
     Write a simulated labelled dataset (``.npz``).
 train
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from training.data import (
+    CLASS_NAMES,
     FEATURE_ENCODINGS,
     DatasetError,
     StampDataset,
@@ -61,6 +65,39 @@ def _convert(args: argparse.Namespace) -> int:
     path = save_npz(dataset, args.out)
     print(f"wrote {path}: {len(dataset)} examples {dataset.class_counts()}, "
           f"{dropped} non-square dropped")
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from training.realdata import BuildReport, dataset_from_alerts
+
+    report = BuildReport()
+    dataset = dataset_from_alerts(args.alerts, args.labels, report=report)
+    if len(dataset) == 0:
+        raise SystemExit(f"stamp-train dataset: no labelled alert found in {len(args.alerts)} "
+                         f"input(s) ({report.records} records read; refused: "
+                         f"{report.reasons()}); do the labels' candids or objectIds match?")
+    path = save_npz(dataset, args.out)
+    objects = {name: len(set(dataset.object_ids[dataset.labels == k].tolist()))
+               for k, name in enumerate(CLASS_NAMES)}
+    print(f"wrote {path}: {len(dataset)} alerts of {len(set(dataset.object_ids.tolist()))} "
+          f"objects from {report.records} records read")
+    print(f"{'class':<10}{'alerts':>8}{'objects':>9}")
+    for name, count in dataset.class_counts().items():
+        print(f"{name:<10}{count:>8}{objects[name]:>9}")
+    tiers = sorted(set(dataset.tiers.tolist()))
+    print("tiers: " + ", ".join(f"{t or '(none)'} {int((dataset.tiers == t).sum())}"
+                                for t in tiers))
+    print(f"refused {len(report.refused)}: " + ", ".join(
+        f"{reason} {n}" for reason, n in report.reasons().items()))
+    if args.refused:
+        import csv
+
+        with open(args.refused, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["origin", "reason", "detail"])
+            writer.writerows(report.refused)
+        print(f"refused alerts listed in {args.refused}")
     return 0
 
 
@@ -146,6 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--i-trust-this-pickle", action="store_true",
                    help="confirm that the pickle comes from a source you trust")
     p.set_defaults(run=_convert)
+    p = sub.add_parser("dataset", help="real alerts + labels CSV → labelled .npz (the "
+                       "worker's decoding and preprocessing)",
+                       description="Read alert files, folders, tar archives and Parquet "
+                       "tables, label them from a CSV (columns label and candid and/or "
+                       "objectId; optional tier, source) and write a dataset for training "
+                       "and evaluation. Alerts without a label or refused by the worker "
+                       "are counted and can be listed with --refused.")
+    p.add_argument("alerts", nargs="+", help="alert files, folders, archives or Parquet tables")
+    p.add_argument("--labels", required=True, help="labels CSV")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--refused", metavar="CSV", help="write the refused alerts and reasons here")
+    p.set_defaults(run=_dataset)
     p = sub.add_parser("simulate", help="write a simulated labelled dataset (.npz)")
     p.add_argument("--n", type=int, default=30000, help="number of examples")
     p.add_argument("--seed", type=int, default=1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,14 +46,40 @@ class StampDataset:
     features : numpy.ndarray
         (N, F) float32 raw metadata features in :data:`worker.features.FEATURE_NAMES`
         order, NaN where missing.
+    object_ids : numpy.ndarray
+        (N,) str: the astronomical object of each example.  Splits and weights are per
+        object (all alerts of one object go to one split).  Default: each example its
+        own object (``"ex<i>"``), as for simulated stamps.
+    candids : numpy.ndarray
+        (N,) int64 alert candidate ids (-1 where unknown).
+    tiers : numpy.ndarray
+        (N,) str label-quality tier (e.g. A spectroscopic, B catalogue, C ZTF scores;
+        ``"sim"`` for simulated examples; "" when unknown).
+    sources : numpy.ndarray
+        (N,) str where each example came from ("" when unknown).
     """
 
     images: np.ndarray
     labels: np.ndarray
     features: np.ndarray
+    object_ids: np.ndarray | None = None
+    candids: np.ndarray | None = None
+    tiers: np.ndarray | None = None
+    sources: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
+        defaults = {"object_ids": np.array([f"ex{i}" for i in range(n)]),
+                    "candids": np.full(n, -1, np.int64),
+                    "tiers": np.full(n, "", dtype="<U1"),
+                    "sources": np.full(n, "", dtype="<U1")}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            value = default if value is None else np.asarray(value)
+            if value.shape != (n,):
+                raise DatasetError(f"{name} must have one entry per example ({n}), "
+                                   f"got shape {value.shape}")
+            object.__setattr__(self, name, value)
         if self.images.shape[1:] != STAMP_SHAPE or len(self.images) != n:
             raise DatasetError(f"images must be (N, 63, 63, 3) with N = {n} labels, "
                                f"got {self.images.shape}")
@@ -82,7 +108,19 @@ class StampDataset:
 
     def subset(self, index: np.ndarray) -> StampDataset:
         """The examples at ``index``."""
-        return StampDataset(self.images[index], self.labels[index], self.features[index])
+        return StampDataset(self.images[index], self.labels[index], self.features[index],
+                            self.object_ids[index], self.candids[index], self.tiers[index],
+                            self.sources[index])
+
+    @staticmethod
+    def concatenate(parts: Sequence[StampDataset]) -> StampDataset:
+        """One dataset of several, in order (per-example ids and tiers kept)."""
+        return StampDataset(*(np.concatenate([getattr(p, name) for p in parts])
+                              for name in _ARRAYS))
+
+
+# The per-example arrays of a dataset, in constructor order (and as stored in .npz).
+_ARRAYS = ("images", "labels", "features", "object_ids", "candids", "tiers", "sources")
 
 
 # --------------------------------------------------------------------------- files
@@ -91,8 +129,8 @@ def save_npz(dataset: StampDataset, path: str | Path) -> Path:
     """Write a dataset in the safe format (compressed ``.npz`` of plain arrays)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=dataset.images, labels=dataset.labels,
-                        features=dataset.features, feature_names=np.array(FEATURE_NAMES),
+    np.savez_compressed(path, **{name: getattr(dataset, name) for name in _ARRAYS},
+                        feature_names=np.array(FEATURE_NAMES),
                         class_names=np.array(CLASS_NAMES))
     return path
 
@@ -123,9 +161,12 @@ def load_npz(path: str | Path) -> StampDataset:
     if tuple(arrays["class_names"].tolist()) != CLASS_NAMES:
         raise DatasetError(f"{path}: class names {arrays['class_names'].tolist()} are not "
                            f"{list(CLASS_NAMES)}")
+    # object_ids, candids, tiers and sources are optional: older files lack them.
     return StampDataset(arrays["images"].astype(np.float32, copy=False),
                         arrays["labels"].astype(np.int64, copy=False),
-                        arrays["features"].astype(np.float32, copy=False))
+                        arrays["features"].astype(np.float32, copy=False),
+                        arrays.get("object_ids"), arrays.get("candids"), arrays.get("tiers"),
+                        arrays.get("sources"))
 
 
 def _column(metadata: Any, name: str, n: int) -> np.ndarray | None:

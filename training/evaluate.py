@@ -91,3 +91,187 @@ def format_result(title: str, result: dict[str, Any]) -> str:
     for name, row in zip(CLASS_NAMES, result["confusion_matrix"], strict=True):
         lines.append(f"{name:>10}" + "".join(f"{v:>9}" for v in row))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- real alerts
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for z = 1.96).
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest for the small
+    counts of real classes (14 bogus objects).  ``(nan, nan)`` when ``n`` is 0.
+    """
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def per_object(probs: np.ndarray, labels: np.ndarray, object_ids: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One answer per object: the mean of its alerts' probabilities.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, numpy.ndarray)
+        Object probabilities (M, 5), object labels (M,), object ids (M,).
+    """
+    from training.grouped import object_table
+
+    objects, classes, inverse = object_table(labels, object_ids)
+    sums = np.zeros((len(objects), probs.shape[1]))
+    np.add.at(sums, inverse, probs)
+    counts = np.bincount(inverse, minlength=len(objects))[:, None]
+    return sums / counts, classes, objects
+
+
+def classification_table(probs: np.ndarray, labels: np.ndarray, n_boot: int = 2000,
+                         seed: int = 0) -> dict[str, Any]:
+    """Per-class recall and precision (Wilson intervals), balanced accuracy, confusion.
+
+    The balanced accuracy (mean recall over the classes present) gets a bootstrap
+    interval; the confusion matrix has true classes in rows, predictions in columns.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        (N, 5) probabilities.
+    labels : numpy.ndarray
+        (N,) true class indices.
+    n_boot : int
+        Bootstrap resamples (of the N rows, within each class) for the balanced
+        accuracy interval.
+    seed : int
+        Seeds the bootstrap.
+    """
+    n_cls = len(CLASS_NAMES)
+    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    confusion = np.zeros((n_cls, n_cls), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    classes: dict[str, dict[str, Any]] = {}
+    recalls = []
+    for c, name in enumerate(CLASS_NAMES):
+        n_true, n_pred, hit = int(confusion[c].sum()), int(confusion[:, c].sum()), \
+            int(confusion[c, c])
+        recall = hit / n_true if n_true else float("nan")
+        if n_true:
+            recalls.append(recall)
+        classes[name] = {
+            "n": n_true, "predicted": n_pred,
+            "recall": recall, "recall_95": wilson_interval(hit, n_true),
+            "precision": hit / n_pred if n_pred else float("nan"),
+            "precision_95": wilson_interval(hit, n_pred),
+        }
+    rng = np.random.default_rng(seed)
+    present = [np.flatnonzero(labels == c) for c in range(n_cls)]
+    present = [idx for idx in present if len(idx)]
+    boot = []
+    correct = predicted == labels
+    for _ in range(n_boot if present else 0):
+        # Resample within each class: the class sizes of the set stay fixed, as the
+        # balanced accuracy's definition assumes.
+        boot.append(np.mean([correct[rng.choice(idx, len(idx))].mean() for idx in present]))
+    balanced = float(np.mean(recalls)) if recalls else float("nan")
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(correct.mean()) if len(labels) else float("nan"),
+        "balanced_accuracy": balanced,
+        "balanced_accuracy_95": (tuple(float(v) for v in np.percentile(boot, [2.5, 97.5]))
+                                 if boot else (float("nan"), float("nan"))),
+        "classes": classes,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate_real(probs: np.ndarray, dataset: StampDataset) -> dict[str, Any]:
+    """Real-data figures of predictions: per alert, per object, per label tier.
+
+    An object's answer is the mean probability of its alerts; tiers are counted per
+    object.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        (N, 5) probabilities, one row per example of ``dataset``.
+    dataset : StampDataset
+        The examples, with object ids and tiers.
+    """
+    obj_probs, obj_labels, objects = per_object(probs, dataset.labels, dataset.object_ids)
+    out: dict[str, Any] = {"per_alert": classification_table(probs, dataset.labels),
+                           "per_object": classification_table(obj_probs, obj_labels),
+                           "per_tier": {}}
+    for tier in sorted(set(dataset.tiers.tolist())):
+        mask = dataset.tiers == tier
+        p, y, _ = per_object(probs[mask], dataset.labels[mask], dataset.object_ids[mask])
+        out["per_tier"][tier or "(none)"] = classification_table(p, y, n_boot=0)
+    return out
+
+
+def _pct(value: float) -> str:
+    return "  n/a" if np.isnan(value) else f"{value:5.1%}"
+
+
+def format_real(title: str, result: dict[str, Any]) -> str:
+    """Plain-text tables of :func:`evaluate_real` (per object first, then per alert)."""
+    lines = [title]
+    for level in ("per_object", "per_alert"):
+        table = result[level]
+        lo, hi = table["balanced_accuracy_95"]
+        lines += ["", f"{level.replace('_', ' ')}: balanced accuracy "
+                  f"{_pct(table['balanced_accuracy'])} (95 % {_pct(lo)}–{_pct(hi)}), "
+                  f"accuracy {_pct(table['accuracy'])}, n = {table['n']}",
+                  f"{'class':<10}{'n':>5}  {'recall':>6} {'95 % interval':>15}  "
+                  f"{'precision':>9} {'95 % interval':>15}"]
+        for name, c in table["classes"].items():
+            r_lo, r_hi = c["recall_95"]
+            p_lo, p_hi = c["precision_95"]
+            lines.append(f"{name:<10}{c['n']:>5}  {_pct(c['recall']):>6} "
+                         f"{_pct(r_lo):>7}–{_pct(r_hi):<7}  {_pct(c['precision']):>9} "
+                         f"{_pct(p_lo):>7}–{_pct(p_hi):<7}")
+        lines.append("confusion (rows true, columns predicted):")
+        lines.append("          " + "".join(f"{c:>9}" for c in CLASS_NAMES))
+        for name, row in zip(CLASS_NAMES, table["confusion_matrix"], strict=True):
+            lines.append(f"{name:>10}" + "".join(f"{v:>9}" for v in row))
+    if result.get("per_tier"):
+        lines += ["", "per tier (objects): tier  n  accuracy  recall per class present"]
+        for tier, table in result["per_tier"].items():
+            recalls = ", ".join(f"{name} {_pct(c['recall']).strip()} of {c['n']}"
+                                for name, c in table["classes"].items() if c["n"])
+            lines.append(f"  {tier:<6}{table['n']:>4}  {_pct(table['accuracy'])}  {recalls}")
+    return "\n".join(lines)
+
+
+def plot_confusion(result: dict[str, Any], path: str | Path, title: str) -> Path:
+    """Write the per-object and per-alert confusion matrices side by side as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, level in zip(axes, ("per_object", "per_alert"), strict=True):
+        table = result[level]
+        confusion = np.array(table["confusion_matrix"])
+        rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(CLASS_NAMES)):
+            for j in range(len(CLASS_NAMES)):
+                ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.0%}", ha="center",
+                        va="center", color="white" if rates[i, j] > 0.5 else "black",
+                        fontsize=8)
+        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{level.replace('_', ' ')}: balanced accuracy "
+                     f"{table['balanced_accuracy']:.1%}", fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

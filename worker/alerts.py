@@ -232,7 +232,8 @@ def _build_codec(schema_json: str | bytes) -> _Codec:
         raise AlertError(Reason.BAD_SCHEMA, "writer schema is not a record")
     _check_bounded(expanded, set())
     top = {f["name"] for f in expanded["fields"]}
-    missing = [n for n in ("objectId", "candid", "candidate") if n not in top]
+    # ALeRCE's pipeline writes the candid only inside the candidate record.
+    missing = [n for n in ("objectId", "candidate") if n not in top]
     if missing:
         raise AlertError(Reason.MISSING_FIELD, f"writer schema has no field(s) {missing}")
     steps = []
@@ -596,10 +597,12 @@ def _to_alert(record: Mapping[str, Any]) -> Alert:
     candidate = record.get("candidate")
     if not isinstance(object_id, str) or not object_id:
         raise AlertError(Reason.MISSING_FIELD, "objectId is missing or empty")
-    if not isinstance(candid, int):
-        raise AlertError(Reason.MISSING_FIELD, f"{object_id}: candid is missing")
     if not isinstance(candidate, Mapping):
         raise AlertError(Reason.MISSING_FIELD, f"{object_id}/{candid}: candidate is missing")
+    if not isinstance(candid, int):
+        candid = candidate.get("candid")  # records without a top-level candid (ALeRCE)
+    if not isinstance(candid, int):
+        raise AlertError(Reason.MISSING_FIELD, f"{object_id}: candid is missing")
     jd = candidate.get("jd")
     if not isinstance(jd, float):
         raise AlertError(Reason.MISSING_FIELD, f"{object_id}/{candid}: candidate.jd is missing")

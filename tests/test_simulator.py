@@ -250,6 +250,11 @@ def test_candidates_consistent_with_class(balanced) -> None:
     assert (nd >= 1).all() and (nc >= nd).all()
     assert nd[lab == ASTEROID].max() <= 2
     assert np.median(nd[lab == VS]) >= 5 and np.median(nd[lab == AGN]) >= 5
+    # AGN and VS are detected in a share of their visits; SN alerts come from all along
+    # the light curve (some first detections, most later).
+    share = nd / nc
+    assert 0.3 < np.median(share[lab == AGN]) < 0.6 and 0.25 < np.median(share[lab == VS]) < 0.5
+    assert 0.05 < np.mean(nd[lab == SN] <= 2) < 0.5 and np.median(nd[lab == SN]) > 5
     # Known asteroids carry a solar-system match; nothing else does.
     ss = field("ssdistnr")
     names = np.array([c["ssnamenr"] for c in sim.candidates])

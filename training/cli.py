@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", action="store_true",
                    help="also write report/evaluation.json into the artifact")
     p.set_defaults(run=_evaluate)
+    __import__("training.sim_report").sim_report.register(sub)  # stamp-train sim-report
     args = parser.parse_args(argv)
     try:
         return args.run(args)

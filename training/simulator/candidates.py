@@ -34,6 +34,19 @@ if TYPE_CHECKING:
 
 _ASTEROID_KNOWN = 0.75                 # with a known solar-system match (ssnamenr)
 _REF_DEPTH = (22.6, 0.3)               # ZTF reference catalogue depth: mean, σ [mag]
+# Share of its visits in which an AGN or a variable star is detected (ndethist /
+# ncovhist), Beta(a, b).  Measured on the labelled real alerts: AGN median 0.47 (10-90 %:
+# 0.22-0.83), VS 0.38 (0.08-0.72).  A share, not a count: ndethist grows with the time
+# ZTF has been looking, as ncovhist does.
+_DETECTED_SHARE = {AGN: (2.0, 2.2), VS: (1.3, 2.0)}
+# SN alerts come all along the light curve, not only as first detections: a share
+# _SN_EARLY are among the first few detections, the others at a uniformly random point of
+# a detectable span (lognormal: median [days], ln spread; SN Ia ~80 d to SLSNe ~300 d),
+# detected at each visit with probability _SN_VISIT_DETECTED.  The labelled real SN
+# alerts have ndethist 17 / 67 / 227 at 10 / 50 / 90 % (per object), none below 10.
+_SN_EARLY = 0.2
+_SN_SPAN = (120.0, 0.5)
+_SN_VISIT_DETECTED = 0.8
 
 
 def _photometry(rng: np.random.Generator, images: np.ndarray, p_s: np.ndarray,
@@ -101,16 +114,22 @@ def _candidate_fields(rng: np.random.Generator, labels: np.ndarray, kind: np.nda
     drb_bogus = np.where(rng.random(m) < 0.45, 1.0 - rng.beta(0.5, 30.0, m),
                          rng.beta(0.5, 2.0, m))
     f["drb"] = np.where(real, drb_real, drb_bogus)
-    # Detection history: asteroids are seen once at a position; AGN and VS many times;
-    # SNe a few (first detections); bogus mostly once, recurring at bad pixels and stars.
+    # Detection history: asteroids are seen once at a position; AGN and VS in a share of
+    # all visits; SNe in the visits since their rise; bogus mostly once, recurring at bad
+    # pixels and stars.
     days = np.maximum(cond["jd"] - JD_ZTF_START, 1.0)
     cadence = np.exp(np.log(0.6) + 0.8 * rng.standard_normal(m))   # coverages per day
     ncov = np.maximum(1, np.rint(days * cadence)).astype(np.int64)
     ndet = np.ones(m, np.int64)
-    many = (labels == AGN) | (labels == VS)
-    ndet[many] = 1 + np.rint(np.exp(np.log(8.0) + 1.3 * rng.standard_normal(many.sum())))
+    for label, (a, b) in _DETECTED_SHARE.items():
+        sel = labels == label
+        ndet[sel] = np.maximum(1, rng.binomial(ncov[sel], rng.beta(a, b, sel.sum())))
     sn = labels == SN
-    ndet[sn] = rng.geometric(0.5, sn.sum())
+    k = int(sn.sum())
+    span = np.exp(np.log(_SN_SPAN[0]) + _SN_SPAN[1] * rng.standard_normal(k))    # [days]
+    visits = np.rint(rng.random(k) * np.minimum(span, days[sn]) * cadence[sn]).astype(np.int64)
+    ndet[sn] = np.where(rng.random(k) < _SN_EARLY, rng.geometric(0.5, k),
+                        1 + rng.binomial(visits, _SN_VISIT_DETECTED))
     ast = labels == ASTEROID
     ndet[ast] = np.where(rng.random(ast.sum()) < 0.95, 1, 2)
     bog = labels == BOGUS

@@ -14,8 +14,14 @@ simulate
 train
     Train a model on an ``.npz`` dataset (or freshly simulated data) and write the
     artifact directory (``model.keras``, ``manifest.json``, ``report/``).
+train-real
+    Train on real labelled alerts (``dataset``), object-balanced, optionally from an
+    artifact (``--init-from``) and mixed with simulated examples; cross-validates first.
+cv
+    Object-grouped k-fold cross-validation of a ``train-real`` configuration.
 evaluate
-    Score an artifact on a dataset or on the real ALeRCE-labelled stamps.
+    Score an artifact on real alerts + labels CSV (per alert, per object, per tier,
+    with intervals), on a dataset, or on the real ALeRCE-labelled stamps.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +40,7 @@ from training.data import (
     StampDataset,
     load_alerce_pickle,
     load_npz,
+    preprocess_images,
     save_npz,
 )
 from worker.features import metadata_features
@@ -44,7 +52,11 @@ def simulated_dataset(n: int, seed: int, balanced: bool = False) -> StampDataset
 
     sim = simulate(n, seed, class_fractions=None if balanced else SEED_CLASS_FRACTIONS)
     features = np.stack([metadata_features(c) for c in sim.candidates]).astype(np.float32)
-    return StampDataset(sim.images, sim.labels.astype(np.int64), features)
+    n_out = len(sim.labels)
+    # Each simulated stamp is an object of its own (ids unique across seeds).
+    return StampDataset(sim.images, sim.labels.astype(np.int64), features,
+                        object_ids=np.array([f"sim{seed}-{i}" for i in range(n_out)]),
+                        tiers=np.full(n_out, "sim"), sources=np.full(n_out, "simulator"))
 
 
 def _filters(text: str) -> tuple[int, ...]:
@@ -138,6 +150,120 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_files(command: str, *paths: str | None) -> None:
+    """Stop with one line naming a missing input, before anything slow is imported."""
+    from pathlib import Path
+
+    for path in paths:
+        if path and not Path(path).exists():
+            raise SystemExit(f"stamp-train {command}: {path}: no such file or directory")
+
+
+def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampDataset,
+                                                                  StampDataset | None]:
+    """The FineTuneConfig, the real dataset and the simulated one of ``train-real``/``cv``."""
+    from training.finetune import FineTuneConfig
+
+    _check_files(command, args.real, args.sim, args.init_from)
+    try:
+        config = FineTuneConfig(epochs=args.epochs, per_class=args.per_class,
+                                sim_per_epoch=args.sim_per_epoch if (args.sim or args.simulate)
+                                else 0,
+                                sim_weight=args.sim_weight, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate, seed=args.seed,
+                                init_from=args.init_from, model=args.model,
+                                metadata_branch=args.metadata_branch,
+                                feature_encoding=args.feature_encoding,
+                                version=args.version)
+    except ValueError as exc:
+        raise SystemExit(f"stamp-train {command}: {exc}") from exc
+    real = load_npz(args.real)
+    sim = None
+    if args.sim:
+        sim = load_npz(args.sim)
+    elif args.simulate:
+        sim = simulated_dataset(args.simulate, args.sim_seed, balanced=True)
+    counts = ", ".join(f"{name} {n}" for name, n in real.class_counts().items())
+    print(f"real: {args.real}: {len(real)} alerts of {len(set(real.object_ids.tolist()))} "
+          f"objects ({counts})")
+    if sim is not None and config.sim_per_epoch:
+        print(f"simulated: {args.sim or f'{args.simulate} fresh (seed {args.sim_seed})'}: "
+              f"{len(sim)} examples, {config.sim_per_epoch} a epoch at weight "
+              f"{config.sim_weight}")
+    return config, real, sim
+
+
+def _print_cv(result: Any, k: int, seconds: float) -> None:
+    from training.evaluate import format_real
+
+    spread = [f["balanced_accuracy"] for f in result.per_fold]
+    print(format_real(f"object-grouped {k}-fold cross-validation ({seconds:.0f} s; per-fold "
+                      f"per-object balanced accuracy {min(spread):.1%}–{max(spread):.1%})",
+                      result.figures))
+
+
+def _cv(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from training.cv import cross_validate
+
+    config, real, sim = _real_config(args, "cv")
+    start = time.perf_counter()
+    result = cross_validate(real, config, args.folds, sim, args.fold_seed, verbose=True)
+    _print_cv(result, args.folds, time.perf_counter() - start)
+    if args.report:
+        from training.evaluate import plot_confusion
+
+        out = Path(args.report)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cv.json").write_text(json.dumps(
+            {"figures": result.figures, "per_fold": result.per_fold}, indent=2) + "\n",
+            encoding="utf-8")
+        plot_confusion(result.figures, out / "cv_confusion.png",
+                       f"object-grouped {args.folds}-fold CV on {args.real}")
+        print(f"wrote {out}/cv.json and {out}/cv_confusion.png")
+    return 0
+
+
+def _train_real(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from training.finetune import export, fine_tune
+
+    config, real, sim = _real_config(args, "train-real")
+    metrics: dict[str, Any] = {}
+    out = Path(args.out)
+    if args.folds:
+        from training.cv import cross_validate
+        from training.evaluate import plot_confusion
+
+        start = time.perf_counter()
+        result = cross_validate(real, config, args.folds, sim, args.fold_seed, verbose=True)
+        _print_cv(result, args.folds, time.perf_counter() - start)
+        metrics = {"grouped_cv": {"folds": args.folds, "fold_seed": args.fold_seed,
+                                  **result.figures, "per_fold": result.per_fold}}
+        plot_confusion(result.figures, out / "report" / "cv_confusion.png",
+                       f"object-grouped {args.folds}-fold CV on {args.real}")
+    print("training on every real alert...", flush=True)
+    trained = fine_tune(real, config, sim)
+    data = {"real": str(args.real), "real_fingerprint_sha256": real.fingerprint(),
+            "real_alerts": len(real), "real_objects": len(set(real.object_ids.tolist())),
+            "real_class_counts": real.class_counts(),
+            "simulated": (str(args.sim) if args.sim else
+                          f"training.simulator.simulate(n={args.simulate}, "
+                          f"seed={args.sim_seed}, balanced)" if args.simulate else None)}
+    export(trained, config, out, data, metrics)
+    if metrics:
+        (out / "report" / "cv.json").write_text(json.dumps(metrics, indent=2) + "\n",
+                                                encoding="utf-8")
+    print(f"artifact: {out} ({trained.seconds:.0f} s of training)")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -145,6 +271,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate, format_result, load_alerce_test_stamps
     from worker.model import ModelError, StampModel
 
+    _check_files("evaluate", args.model, args.data, args.labels, *(args.alerts or []))
+    if bool(args.alerts) != bool(args.labels):
+        raise SystemExit("stamp-train evaluate: --alerts and --labels go together")
+    real = None
+    if args.alerts:
+        from training.realdata import BuildReport, dataset_from_alerts
+
+        report = BuildReport()
+        real = dataset_from_alerts(args.alerts, args.labels, report=report)
+        if len(real) == 0:
+            raise SystemExit("stamp-train evaluate: no labelled alert found in --alerts "
+                             f"({report.records} records; refused: {report.reasons()})")
     try:
         model = StampModel.load(args.model)
     except ModelError as exc:
@@ -162,14 +300,65 @@ def _evaluate(args: argparse.Namespace) -> int:
                             results["alerce_test_stamps"]))
         print(format_result("  of which with ALeRCE metadata",
                             results["alerce_test_stamps_with_metadata"]))
+    if real is not None:
+        from training.evaluate import evaluate_real, format_real, plot_confusion
+
+        images, _ = preprocess_images(real.images, model.preprocess.crop_size)
+        results["real"] = evaluate_real(model.predict(images, real.features), real)
+        print(format_real(f"{model.name} v{model.version} on {len(real)} real alerts "
+                          f"({', '.join(args.alerts)}; labels {args.labels})",
+                          results["real"]))
+        if args.confusion:
+            print(f"wrote {plot_confusion(results['real'], args.confusion, model.name)}")
     if not results:
-        raise SystemExit("stamp-train evaluate: give --data and/or --alerce-test-stamps")
+        raise SystemExit("stamp-train evaluate: give --alerts with --labels, --data and/or "
+                         "--alerce-test-stamps")
     if args.write:
         out = Path(args.model) / "report" / "evaluation.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {out}")
     return 0
+
+
+def _real_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The options ``train-real`` and ``cv`` share (one training configuration)."""
+    p.add_argument("--real", required=True, help=".npz of real alerts (stamp-train dataset)")
+    sim = p.add_mutually_exclusive_group()
+    sim.add_argument("--sim", help=".npz of simulated examples to mix in")
+    sim.add_argument("--simulate", type=int, metavar="N",
+                     help="mix in N freshly simulated examples (balanced classes)")
+    p.add_argument("--sim-seed", type=int, default=1, help="simulator seed for --simulate")
+    p.add_argument("--sim-per-epoch", type=int, default=2000,
+                   help="simulated examples drawn per epoch")
+    p.add_argument("--sim-weight", type=float, default=0.5,
+                   help="loss weight of a simulated example relative to a real draw")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="artifact to start from (weights and feature encoding)")
+    p.add_argument("--model", choices=("rotinv", "baseline"), default="rotinv",
+                   help="architecture when not starting from an artifact")
+    p.add_argument("--metadata-branch", action="store_true",
+                   help="rotinv: dense layers of its own for the metadata features")
+    p.add_argument("--feature-encoding", choices=FEATURE_ENCODINGS, default="log-indicators",
+                   help="metadata encoding when not starting from an artifact")
+    p.add_argument("--epochs", type=int, default=30, help="epochs (fixed; choose them by cv)")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="object draws per class per epoch (default: the largest class's "
+                        "object count)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0, help="draws, augmentation, initialization")
+    p.add_argument("--fold-seed", type=int, default=0, help="assignment of objects to folds")
+    if command == "cv":
+        p.add_argument("--folds", type=int, default=5, help="number of folds")
+        p.add_argument("--report", metavar="DIR", help="write cv.json and cv_confusion.png")
+    else:
+        p.add_argument("--folds", type=int, default=5,
+                       help="cross-validate first and record it in the manifest (0: skip)")
+        p.add_argument("--version", default="2", help="artifact version string")
+        p.add_argument("--out", required=True, help="artifact directory to write")
+    if command == "cv":
+        p.set_defaults(version="cv")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,10 +425,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", help=".npz dataset")
     p.add_argument("--alerce-test-stamps", metavar="DIR",
                    help="folder labelled/alerce-test-stamps of the shared real data")
+    p.add_argument("--alerts", nargs="+", metavar="PATH",
+                   help="real alert files, folders, archives or Parquet tables (with --labels)")
+    p.add_argument("--labels", help="labels CSV for --alerts (label, candid and/or objectId, "
+                   "optional tier)")
+    p.add_argument("--confusion", metavar="PNG", help="write the real alerts' confusion "
+                   "matrices (per object and per alert) to this PNG")
     p.add_argument("--write", action="store_true",
                    help="also write report/evaluation.json into the artifact")
     p.set_defaults(run=_evaluate)
     __import__("training.sim_report").sim_report.register(sub)  # stamp-train sim-report
+    for name, run, text in (
+            ("train-real", _train_real, "train on real labelled alerts (object-balanced, "
+             "rotations/flips), optionally from an artifact and mixed with simulated ones"),
+            ("cv", _cv, "object-grouped k-fold cross-validation of a train-real "
+             "configuration on real alerts (the model-selection number)")):
+        p = sub.add_parser(name, help=text, description=text + ".",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _real_options(p, name)
+        p.set_defaults(run=run)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,12 +1,13 @@
 """``stamp-worker classify``: the worker's pipeline without Kafka.
 
-Alert files, folders and nightly archives go through the same :class:`~worker.labeller.Labeller`
-as the streaming worker (same decoding, preprocessing, policy and model) and come out as
-label records with the worker's fields, written as JSON lines or CSV.  Fields that name a
-Kafka source say where the alert was read instead: ``source_topic`` is the file (or
-``archive!member``), ``source_partition`` and ``source_offset`` are -1.  Alerts that cannot
-be labelled are listed on the error stream with their reasons and counted in the summary;
-they never stop the run.
+Alert files, folders, nightly archives and Parquet tables go through the same
+:class:`~worker.labeller.Labeller` as the streaming worker (same decoding, preprocessing,
+policy and model) and come out as label records with the worker's fields, written as JSON
+lines or CSV.  Fields that name a Kafka source say where the alert was read instead:
+``source_topic`` is the file (or ``archive!member``, or ``table#row<N>``),
+``source_partition`` and ``source_offset`` are -1.  Alerts that cannot be labelled are
+listed on the error stream with their reasons and counted in the summary; they never stop
+the run.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
     Parameters
     ----------
     paths : sequence of str
-        Alert files, folders, archives.
+        Alert files, folders, archives, Parquet tables.
     output : str or None
         File to write; None or ``"-"`` for standard output.
     fmt : {"jsonl", "csv"}

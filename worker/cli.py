@@ -9,14 +9,15 @@ demo
     The whole job end to end on an embedded default (local broker, sample alerts,
     bundled model), then a table of labels per class and latencies.
 replay PATH... --topic T | --source-topic S --topic T
-    Produce archived alerts (files, folders, ZTF nightly tar archives, or a slice of
-    another topic) to a topic, keyed by objectId, at a chosen rate or in bursts.
+    Produce archived alerts (files, folders, ZTF nightly tar archives, Parquet tables,
+    or a slice of another topic) to a topic, keyed by objectId, at a chosen rate or in
+    bursts.
 classify PATH...
     The worker's pipeline without Kafka: label records as JSON lines or CSV.
 inspect PATH...
-    Decode and preprocess alert files (``.avro``), archives or folders of them, without
-    Kafka or a model, and print one line per alert (or the reason it is refused) and a
-    summary by reason.  The tool to ask "why does this alert fail?".
+    Decode and preprocess alert files (``.avro``), archives, Parquet tables or folders
+    of them, without Kafka or a model, and print one line per alert (or the reason it is
+    refused) and a summary by reason.  The tool to ask "why does this alert fail?".
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     Parameters
     ----------
     paths : sequence of str
-        Files, archives or folders (searched recursively).
+        Files, archives, Parquet tables or folders (searched recursively).
     crop_size : int
         Centre crop side [pixels].
     non_square : str
@@ -171,13 +172,14 @@ def run(config_path: str | None) -> int:
             server.stop()
 
 
-PATHS_HELP = ("alert files (.avro), ZTF nightly archives (.tar.gz, read as a stream) "
-              "or folders of them")
+PATHS_HELP = ("alert files (.avro), ZTF nightly archives (.tar.gz) and Parquet tables "
+              "(.parquet, one alert per row), both read as a stream, or folders of them")
 
 
 def _add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "replay", help="archived alerts (files, folders, tar archives, a topic) → a topic",
+        "replay", help="archived alerts (files, folders, tar archives, Parquet tables, a "
+        "topic) → a topic",
         description="Produce alerts to a Kafka topic, keyed by objectId, at a chosen pace. "
         "Payloads are sent unchanged, undecodable ones too (without a key).")
     p.add_argument("paths", nargs="*", help=PATHS_HELP)
@@ -202,7 +204,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                    help="seconds between the starts of bursts (default 1)")
     p.add_argument("--limit", type=int, help="stop after this many alerts")
     p.add_argument("--shuffle", action="store_true",
-                   help="random order (archives: mixed within --shuffle-buffer alerts)")
+                   help="random order (archives, tables: mixed within --shuffle-buffer alerts)")
     p.add_argument("--shuffle-buffer", type=int, default=10_000, metavar="N",
                    help="alerts held for --shuffle (default 10000, ≈ 0.7 GB of ZTF alerts)")
     p.add_argument("--seed", type=int, help="seed of --shuffle")
@@ -212,7 +214,8 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
 def _add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "classify", help="label alert files offline (no Kafka): JSON lines or CSV",
-        description="Run the worker's pipeline on files, archives and folders and write "
+        description="Run the worker's pipeline on files, archives, Parquet tables and "
+        "folders and write "
         "its label records. Refused alerts are listed on stderr with their reasons.")
     p.add_argument("paths", nargs="+", help=PATHS_HELP)
     p.add_argument("-o", "--output", help="output file (default: standard output)")

@@ -1,7 +1,7 @@
 """``stamp-worker replay``: archived alerts → a Kafka topic, at a chosen pace.
 
 Broker teams test a pipeline by replaying a night (or a slice of a topic) into it.  The
-alerts come from files, folders or ZTF nightly archives (streamed, see
+alerts come from files, folders, ZTF nightly archives or Parquet tables (streamed, see
 :mod:`worker.sources`), or from another topic between two times, and are produced
 unchanged, keyed by their ``objectId`` (ZTF's partitioning key, so one object's alerts stay
 in order on one partition).  A payload that does not decode is sent anyway, without a key:
@@ -396,7 +396,7 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
     """
     import os
 
-    from worker.sources import SourceError, expand_paths, is_archive, read_inputs, shuffled
+    from worker.sources import SourceError, expand_paths, holds_many, read_inputs, shuffled
 
     def fail(message: str) -> SystemExit:
         return SystemExit(f"stamp-worker replay: {message}")
@@ -426,14 +426,15 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
         topic_slice = TopicSlice(base, source_topic, start_ms, end_ms)
         stream: Iterable[Payload] = topic_slice
     else:
-        if shuffle and not any(is_archive(path) for path in files):
-            # Plain files: shuffle the whole list, which costs no memory.
+        if shuffle and not any(holds_many(path) for path in files):
+            # Plain files: shuffle the whole list, which costs no memory (an archive or a
+            # Parquet table is one entry of it, so its alerts need the buffer below).
             random.Random(seed).shuffle(files)
             shuffle = False
         stream = read_inputs(files, on_error=lambda o, m: (
             summary_unreadable.append((o, m)), print(f"UNREADABLE {o}: {m}", file=err)))
     if shuffle:
-        # Archives are streams: mix them through a bounded buffer.
+        # Archives and tables are streams: mix them through a bounded buffer.
         stream = shuffled(stream, shuffle_buffer, seed)
     producer = make_producer(base)
     from rich.console import Console

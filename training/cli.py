@@ -322,31 +322,35 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _real_options(p: argparse.ArgumentParser, command: str) -> None:
-    """The options ``train-real`` and ``cv`` share (one training configuration)."""
+    """The options ``train-real`` and ``cv`` share (one training configuration).
+
+    The defaults are the bundled model's recipe, chosen by object-grouped
+    cross-validation (``bench/cv_sweep.py``; README "The bundled model").
+    """
     p.add_argument("--real", required=True, help=".npz of real alerts (stamp-train dataset)")
     sim = p.add_mutually_exclusive_group()
     sim.add_argument("--sim", help=".npz of simulated examples to mix in")
-    sim.add_argument("--simulate", type=int, metavar="N",
-                     help="mix in N freshly simulated examples (balanced classes)")
+    sim.add_argument("--simulate", type=int, metavar="N", default=4000,
+                     help="mix in N freshly simulated examples (balanced classes; 0: none)")
     p.add_argument("--sim-seed", type=int, default=1, help="simulator seed for --simulate")
-    p.add_argument("--sim-per-epoch", type=int, default=2000,
+    p.add_argument("--sim-per-epoch", type=int, default=1000,
                    help="simulated examples drawn per epoch")
-    p.add_argument("--sim-weight", type=float, default=0.5,
+    p.add_argument("--sim-weight", type=float, default=0.3,
                    help="loss weight of a simulated example relative to a real draw")
     p.add_argument("--init-from", metavar="DIR",
                    help="artifact to start from (weights and feature encoding)")
     p.add_argument("--model", choices=("rotinv", "baseline"), default="rotinv",
                    help="architecture when not starting from an artifact")
-    p.add_argument("--metadata-branch", action="store_true",
+    p.add_argument("--metadata-branch", action=argparse.BooleanOptionalAction, default=True,
                    help="rotinv: dense layers of its own for the metadata features")
     p.add_argument("--feature-encoding", choices=FEATURE_ENCODINGS, default="log-indicators",
                    help="metadata encoding when not starting from an artifact")
-    p.add_argument("--epochs", type=int, default=30, help="epochs (fixed; choose them by cv)")
+    p.add_argument("--epochs", type=int, default=45, help="epochs (fixed; choose them by cv)")
     p.add_argument("--per-class", type=int, default=None,
                    help="object draws per class per epoch (default: the largest class's "
                         "object count)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0, help="draws, augmentation, initialization")
     p.add_argument("--fold-seed", type=int, default=0, help="assignment of objects to folds")
     if command == "cv":

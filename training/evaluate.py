@@ -17,6 +17,7 @@ import numpy as np
 
 from training.data import CLASS_NAMES, DatasetError, StampDataset, metadata_matrix
 from training.data import preprocess_images as _preprocess
+from worker.features import FEATURE_NAMES
 from worker.model import StampModel
 
 
@@ -203,6 +204,13 @@ def evaluate_real(probs: np.ndarray, dataset: StampDataset) -> dict[str, Any]:
     out: dict[str, Any] = {"per_alert": classification_table(probs, dataset.labels),
                            "per_object": classification_table(obj_probs, obj_labels),
                            "per_tier": {}}
+    # The model reads the detection counts (ndethist, ncovhist): alerts of a first
+    # detection, which have no history, are scored on their own as well.
+    ndethist = dataset.features[:, FEATURE_NAMES.index("ndethist")]
+    first = ndethist <= 1
+    out["first_detection"] = classification_table(probs[first], dataset.labels[first], n_boot=0)
+    out["with_history"] = classification_table(probs[~first], dataset.labels[~first],
+                                               n_boot=0)
     for tier in sorted(set(dataset.tiers.tolist())):
         mask = dataset.tiers == tier
         p, y, _ = per_object(probs[mask], dataset.labels[mask], dataset.object_ids[mask])
@@ -235,6 +243,14 @@ def format_real(title: str, result: dict[str, Any]) -> str:
         lines.append("          " + "".join(f"{c:>9}" for c in CLASS_NAMES))
         for name, row in zip(CLASS_NAMES, table["confusion_matrix"], strict=True):
             lines.append(f"{name:>10}" + "".join(f"{v:>9}" for v in row))
+    for key, title in (("first_detection", "first detections (ndethist ≤ 1), per alert"),
+                       ("with_history", "alerts with earlier detections, per alert")):
+        table = result.get(key)
+        if table and table["n"]:
+            recalls = ", ".join(f"{name} {_pct(c['recall']).strip()} of {c['n']}"
+                                for name, c in table["classes"].items() if c["n"])
+            lines += ["", f"{title}: n = {table['n']}, balanced accuracy "
+                      f"{_pct(table['balanced_accuracy']).strip()}; recall {recalls}"]
     if result.get("per_tier"):
         lines += ["", "per tier (objects): tier  n  accuracy  recall per class present"]
         for tier, table in result["per_tier"].items():

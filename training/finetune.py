@@ -72,16 +72,16 @@ class FineTuneConfig:
         Version string of the exported artifact.
     """
 
-    epochs: int = 30
+    epochs: int = 45
     per_class: int | None = None
     sim_per_epoch: int = 0
-    sim_weight: float = 0.5
+    sim_weight: float = 0.3
     batch_size: int = 128
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-4
     seed: int = 0
     init_from: str | None = None
     model: str = "rotinv"
-    metadata_branch: bool = False
+    metadata_branch: bool = True
     feature_encoding: str = "log-indicators"
     trunk_filters: tuple[int, int, int, int] = TRUNK_FILTERS
     version: str = "2"

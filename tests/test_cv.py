@@ -21,6 +21,7 @@ def test_every_example_is_predicted_by_a_model_that_did_not_see_its_object() -> 
     assert [f["fold"] for f in result.per_fold] == [0, 1, 2, 3]
     assert sum(f["objects"] for f in result.per_fold) == 20
     assert result.figures["per_object"]["n"] == 20 and result.figures["per_alert"]["n"] == 60
+    assert result.figures["as_first_detection"]["n"] == 20
 
 
 def test_cv_command_writes_its_report(tmp_path: Path, capsys) -> None:

@@ -36,7 +36,8 @@ def tiny_real(n_objects: int = 25, alerts_per_object: int = 2, seed: int = 0) ->
 
 def test_fine_tune_from_scratch_exports_what_the_worker_loads(tmp_path: Path) -> None:
     real, sim = tiny_real(), tiny_real(seed=1)
-    config = FineTuneConfig(epochs=2, per_class=8, sim_per_epoch=10, batch_size=16)
+    config = FineTuneConfig(epochs=2, per_class=8, sim_per_epoch=10, batch_size=16,
+                            first_detection_share=0.5)
     trained = fine_tune(real, config, sim)
     assert len(trained.history) == 2 and all(np.isfinite(trained.history))
     assert trained.encoding.indicators == ("distpsnr2",)  # the feature with gaps
@@ -67,6 +68,7 @@ def test_init_from_starts_at_the_artifact(tmp_path: Path) -> None:
     ({"epochs": 0}, "must be positive"),
     ({"sim_weight": -1.0}, "must not be negative"),
     ({"model": "resnet"}, "model must be one of"),
+    ({"first_detection_share": 1.5}, r"must be in \[0, 1\]"),
 ])
 def test_bad_configs_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -104,3 +106,23 @@ def test_train_real_stops_on_a_missing_file_before_training(tmp_path: Path) -> N
         train_main(["train-real", "--real", str(tmp_path / "nope.npz"),
                     "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_as_first_detection_resets_only_the_history_counts() -> None:
+    from training.finetune import as_first_detection
+
+    raw = np.full((3, len(FEATURE_NAMES)), 5.0, np.float32)
+    col = {name: FEATURE_NAMES.index(name) for name in
+           ("ndethist", "ncovhist", "non_detections")}
+    raw[:, col["ndethist"]] = [1.0, 40.0, np.nan]
+    raw[:, col["ncovhist"]] = [10.0, 100.0, 7.0]
+    raw[:, col["non_detections"]] = [9.0, 60.0, np.nan]
+    out = as_first_detection(raw)
+    assert out[:, col["ndethist"]].tolist()[:2] == [1.0, 1.0]
+    assert out[1, col["non_detections"]] == 99.0
+    np.testing.assert_array_equal(out[0], raw[0])  # already a first detection
+    np.testing.assert_array_equal(out[2], raw[2])  # unknown history stays unknown
+    others = [i for i in range(len(FEATURE_NAMES))
+              if i not in (col["ndethist"], col["non_detections"])]
+    np.testing.assert_array_equal(out[:, others], raw[:, others])
+    assert raw[1, col["ndethist"]] == 40.0  # a copy

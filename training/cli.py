@@ -169,7 +169,9 @@ def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampData
         config = FineTuneConfig(epochs=args.epochs, per_class=args.per_class,
                                 sim_per_epoch=args.sim_per_epoch if (args.sim or args.simulate)
                                 else 0,
-                                sim_weight=args.sim_weight, batch_size=args.batch_size,
+                                sim_weight=args.sim_weight,
+                                first_detection_share=args.first_detection_share,
+                                batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, seed=args.seed,
                                 init_from=args.init_from, model=args.model,
                                 metadata_branch=args.metadata_branch,
@@ -337,6 +339,9 @@ def _real_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="simulated examples drawn per epoch")
     p.add_argument("--sim-weight", type=float, default=0.3,
                    help="loss weight of a simulated example relative to a real draw")
+    p.add_argument("--first-detection-share", type=float, default=0.25,
+                   help="share of real draws with a history shown as first detections "
+                        "(ndethist 1)")
     p.add_argument("--init-from", metavar="DIR",
                    help="artifact to start from (weights and feature encoding)")
     p.add_argument("--model", choices=("rotinv", "baseline"), default="rotinv",

@@ -17,7 +17,7 @@ import numpy as np
 
 from training.data import StampDataset, preprocess_images
 from training.evaluate import classification_table, evaluate_real, per_object
-from training.finetune import FineTuneConfig, fine_tune
+from training.finetune import FineTuneConfig, as_first_detection, fine_tune
 from training.grouped import grouped_folds
 
 
@@ -32,7 +32,9 @@ class CVResult:
     folds : numpy.ndarray
         (N,) fold of each example.
     figures : dict
-        :func:`training.evaluate.evaluate_real` of the pooled predictions.
+        :func:`training.evaluate.evaluate_real` of the pooled predictions; its
+        ``as_first_detection`` entry scores, per object, the same held-out alerts shown
+        as first detections (:func:`training.finetune.as_first_detection`).
     per_fold : list of dict
         Per fold: objects held out, per-object balanced accuracy, training seconds.
     """
@@ -69,6 +71,7 @@ def cross_validate(real: StampDataset, config: FineTuneConfig, k: int = 5,
     """
     folds = grouped_folds(real.labels, real.object_ids, k, fold_seed)
     probs = np.zeros((len(real), 5), np.float32)
+    first_probs = np.zeros((len(real), 5), np.float32)
     per_fold = []
     for fold in range(k):
         test = folds == fold
@@ -78,6 +81,7 @@ def cross_validate(real: StampDataset, config: FineTuneConfig, k: int = 5,
         if not kept.all():  # a dataset from `stamp-train dataset` holds none of these
             raise ValueError("held-out examples the preprocessing refuses")
         probs[test] = trained.predict(images, held.features)
+        first_probs[test] = trained.predict(images, as_first_detection(held.features))
         obj_probs, obj_labels, objects = per_object(probs[test], held.labels, held.object_ids)
         table = classification_table(obj_probs, obj_labels, n_boot=0)
         per_fold.append({"fold": fold, "objects": int(len(objects)),
@@ -88,4 +92,7 @@ def cross_validate(real: StampDataset, config: FineTuneConfig, k: int = 5,
             print(f"fold {fold + 1}/{k}: {len(objects)} objects, per-object balanced "
                   f"accuracy {table['balanced_accuracy']:.1%} ({trained.seconds:.0f} s)",
                   flush=True)
-    return CVResult(probs, folds, evaluate_real(probs, real), per_fold)
+    figures = evaluate_real(probs, real)
+    obj_probs, obj_labels, _ = per_object(first_probs, real.labels, real.object_ids)
+    figures["as_first_detection"] = classification_table(obj_probs, obj_labels, n_boot=0)
+    return CVResult(probs, folds, figures, per_fold)

@@ -244,7 +244,9 @@ def format_real(title: str, result: dict[str, Any]) -> str:
         for name, row in zip(CLASS_NAMES, table["confusion_matrix"], strict=True):
             lines.append(f"{name:>10}" + "".join(f"{v:>9}" for v in row))
     for key, title in (("first_detection", "first detections (ndethist ≤ 1), per alert"),
-                       ("with_history", "alerts with earlier detections, per alert")):
+                       ("with_history", "alerts with earlier detections, per alert"),
+                       ("as_first_detection", "every alert shown as a first detection "
+                        "(history counts reset), per object")):
         table = result.get(key)
         if table and table["n"]:
             recalls = ", ".join(f"{name} {_pct(c['recall']).strip()} of {c['n']}"

@@ -12,6 +12,11 @@ objects) and repeat objects (34 alerts of one SN), so the ALeRCE protocol's bala
   rare scenes covered, the real alerts teach what real stamps look like;
 * the model can start from an artifact (``init_from``: its weights and its feature
   encoding), or from scratch;
+* a share of the real draws with a detection history is shown as first detections
+  (:func:`as_first_detection`): the real SNe are almost all late in their light curves
+  (1 of 74 labelled SN alerts is a first detection), and a model that never saw a SN
+  without history learns "no history → asteroid or bogus", the opposite of what a
+  broker wants from its first alert;
 * the number of epochs is fixed and chosen by object-grouped cross-validation
   (:mod:`training.cv`), not by early stopping on a validation split that would hold
   two or three bogus objects.
@@ -32,7 +37,7 @@ import numpy as np
 from training.data import CLASS_NAMES, StampDataset, dihedral, preprocess_images
 from training.grouped import object_balanced_draw, object_table
 from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
-from worker.features import FeatureEncoding
+from worker.features import FEATURE_NAMES, FeatureEncoding
 from worker.model import MANIFEST, MANIFEST_FORMAT, MODEL_FILE
 from worker.stamps import PreprocessConfig
 
@@ -51,6 +56,9 @@ class FineTuneConfig:
         Simulated examples drawn (balanced over classes) per epoch; 0 for real data only.
     sim_weight : float
         Loss weight of one simulated example relative to one real draw.
+    first_detection_share : float
+        Share of the real draws with earlier detections shown as first detections
+        (:func:`as_first_detection`), in [0, 1].
     batch_size : int
         Examples per gradient step.
     learning_rate : float
@@ -76,6 +84,7 @@ class FineTuneConfig:
     per_class: int | None = None
     sim_per_epoch: int = 0
     sim_weight: float = 0.3
+    first_detection_share: float = 0.0
     batch_size: int = 128
     learning_rate: float = 5e-4
     seed: int = 0
@@ -95,6 +104,37 @@ class FineTuneConfig:
             raise ValueError("sim_per_epoch and sim_weight must not be negative")
         if self.model not in BUILDERS:
             raise ValueError(f"model must be one of {sorted(BUILDERS)}, got {self.model!r}")
+        if not 0.0 <= self.first_detection_share <= 1.0:
+            raise ValueError("first_detection_share must be in [0, 1]")
+
+
+_NDETHIST = FEATURE_NAMES.index("ndethist")
+_NCOVHIST = FEATURE_NAMES.index("ncovhist")
+_NON_DETECTIONS = FEATURE_NAMES.index("non_detections")
+
+
+def as_first_detection(features: np.ndarray) -> np.ndarray:
+    """Raw features as the same alert would have them as its object's first detection.
+
+    ``ndethist`` becomes 1 and ``non_detections`` = ``ncovhist`` − 1 (the field was
+    covered as often, with no earlier detection); everything else is kept.  Alerts
+    already without history are unchanged.
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (N, F) raw features in :data:`worker.features.FEATURE_NAMES` order.
+
+    Returns
+    -------
+    numpy.ndarray
+        A modified copy.
+    """
+    out = np.array(features, dtype=np.float32, copy=True)
+    history = out[:, _NDETHIST] > 1
+    out[history, _NDETHIST] = 1.0
+    out[history, _NON_DETECTIONS] = out[history, _NCOVHIST] - 1.0
+    return out
 
 
 @dataclass
@@ -222,8 +262,12 @@ def fine_tune(real: StampDataset, config: FineTuneConfig, sim: StampDataset | No
     history = []
     for epoch in range(config.epochs):
         idx = object_balanced_draw(real_p.labels, real_p.object_ids, per_class, rng)
+        real_f = real_p.features[idx]
+        if config.first_detection_share:
+            shown_first = rng.random(len(idx)) < config.first_detection_share
+            real_f[shown_first] = as_first_detection(real_f[shown_first])
         x = [real_p.images[idx]]
-        f = [real_p.features[idx]]
+        f = [real_f]
         y = [real_p.labels[idx]]
         w = [np.ones(len(idx), np.float32)]
         if sim_p is not None:

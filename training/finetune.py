@@ -28,7 +28,6 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from training.data import CLASS_NAMES, StampDataset, dihedral, preprocess_images
 from training.grouped import object_balanced_draw, object_table
 from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
 from worker.features import FEATURE_NAMES, FeatureEncoding
-from worker.model import MANIFEST, MANIFEST_FORMAT, MODEL_FILE
+from worker.model import MANIFEST, MODEL_FILE
 from worker.stamps import PreprocessConfig
 
 
@@ -317,19 +316,15 @@ def export(trained: Trained, config: FineTuneConfig, out_dir: str | Path,
     """
     import keras
 
+    from training.train import manifest_head
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trained.model.save(out_dir / MODEL_FILE)
     manifest = {
-        "format": MANIFEST_FORMAT,
-        "name": trained.name,
-        "version": config.version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "class_names": list(CLASS_NAMES),
-        "preprocessing": PreprocessConfig(crop_size=trained.crop_size).as_dict(),
-        "inputs": list(trained.inputs),
-        "features": trained.encoding.as_dict(),
-        "parameters": int(trained.model.count_params()),
+        **manifest_head(trained.model, trained.name, config.version,
+                        PreprocessConfig(crop_size=trained.crop_size), trained.inputs,
+                        trained.encoding),
         "training": {
             "protocol": "real alerts, object-balanced draws with rotations/flips, "
                         "simulated examples mixed in (training.finetune)",

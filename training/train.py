@@ -215,15 +215,8 @@ def train(dataset: StampDataset, config: TrainConfig, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / MODEL_FILE)
     manifest = {
-        "format": MANIFEST_FORMAT,
-        "name": config.model,
-        "version": config.version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "class_names": list(CLASS_NAMES),
-        "preprocessing": preprocess.as_dict(),
-        "inputs": list(MODEL_INPUTS[config.model]),
-        "features": encoding.as_dict(),
-        "parameters": int(model.count_params()),
+        **manifest_head(model, config.model, config.version, preprocess,
+                        MODEL_INPUTS[config.model], encoding),
         "training": {
             **asdict(config), "data_source": data_source,
             "data_fingerprint_sha256": dataset.fingerprint(),
@@ -242,6 +235,36 @@ def train(dataset: StampDataset, config: TrainConfig, out_dir: str | Path,
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     write_report(out_dir / "report", manifest, curves)
     return manifest
+
+
+def manifest_head(model: Any, name: str, version: str, preprocess: PreprocessConfig,
+                  inputs: tuple[str, ...], encoding: FeatureEncoding) -> dict[str, Any]:
+    """The part of an artifact's manifest the worker reads (and the parameter count).
+
+    Parameters
+    ----------
+    model : keras.Model
+        The trained model.
+    name, version : str
+        Model name and artifact version.
+    preprocess : PreprocessConfig
+        The preprocessing of its inputs.
+    inputs : tuple of str
+        ``("image",)`` or ``("image", "features")``.
+    encoding : FeatureEncoding
+        How its feature input is made from the raw features.
+    """
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "class_names": list(CLASS_NAMES),
+        "preprocessing": preprocess.as_dict(),
+        "inputs": list(inputs),
+        "features": encoding.as_dict(),
+        "parameters": int(model.count_params()),
+    }
 
 
 def write_report(report_dir: Path, manifest: dict[str, Any], curves: dict[str, list[float]]

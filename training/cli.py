@@ -339,7 +339,7 @@ def _real_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="simulated examples drawn per epoch")
     p.add_argument("--sim-weight", type=float, default=0.3,
                    help="loss weight of a simulated example relative to a real draw")
-    p.add_argument("--first-detection-share", type=float, default=0.25,
+    p.add_argument("--first-detection-share", type=float, default=0.5,
                    help="share of real draws with a history shown as first detections "
                         "(ndethist 1)")
     p.add_argument("--init-from", metavar="DIR",

@@ -83,7 +83,7 @@ class FineTuneConfig:
     per_class: int | None = None
     sim_per_epoch: int = 0
     sim_weight: float = 0.3
-    first_detection_share: float = 0.0
+    first_detection_share: float = 0.5
     batch_size: int = 128
     learning_rate: float = 5e-4
     seed: int = 0

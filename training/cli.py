@@ -372,7 +372,9 @@ def _real_options(p: argparse.ArgumentParser, command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stamp-train`` command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="stamp-train", description=__doc__.split("\n")[0])
+    # The help shows the docstring's first line without its reStructuredText markup.
+    parser = argparse.ArgumentParser(prog="stamp-train",
+                                     description=__doc__.split("\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="ALeRCE pickle → safe .npz (loads a pickle: runs its "
                        "code; needs --i-trust-this-pickle)")

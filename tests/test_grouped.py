@@ -8,12 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.data import DatasetError
-from training.grouped import (
-    grouped_folds,
-    grouped_holdout,
-    object_balanced_draw,
-    object_table,
-)
+from training.grouped import grouped_folds, object_balanced_draw, object_table
 
 # Datasets as lists of (object number, class): an object keeps one class.
 objects_st = st.lists(st.tuples(st.integers(0, 40), st.integers(1, 6)), min_size=1, max_size=60)
@@ -41,15 +36,6 @@ def test_folds_never_share_an_object_and_are_stratified(spec, k: int, seed: int)
     for cls in range(5):
         per_fold = np.bincount(fold_of_object[classes == cls], minlength=k)
         assert per_fold.max() - per_fold.min() <= 1
-
-
-@settings(max_examples=100, deadline=None)
-@given(spec=objects_st, fraction=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
-def test_holdout_never_shares_an_object(spec, fraction: float, seed: int) -> None:
-    labels, ids = _dataset(spec)
-    rest, held = grouped_holdout(labels, ids, fraction, seed)
-    assert len(rest) + len(held) == len(labels)
-    assert not set(ids[rest].tolist()) & set(ids[held].tolist())
 
 
 def test_object_balanced_draw_weighs_objects_not_alerts() -> None:

@@ -195,61 +195,53 @@ def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampData
     return config, real, sim
 
 
-def _print_cv(result: Any, k: int, seconds: float) -> None:
-    from training.evaluate import format_real
+def _cross_validate(args: argparse.Namespace, config: Any, real: StampDataset,
+                    sim: StampDataset | None, report_dir: Any) -> dict[str, Any]:
+    """Run and print one grouped CV, and write its report files.
 
-    spread = [f["balanced_accuracy"] for f in result.per_fold]
-    print(format_real(f"object-grouped {k}-fold cross-validation ({seconds:.0f} s; per-fold "
-                      f"per-object balanced accuracy {min(spread):.1%}–{max(spread):.1%})",
-                      result.figures))
-
-
-def _cv(args: argparse.Namespace) -> int:
+    ``cv.json`` and ``cv_confusion.png`` go to ``report_dir`` unless it is None.
+    Returns the ``grouped_cv`` record that ``train-real`` also keeps in its manifest.
+    """
     import json
     import time
     from pathlib import Path
 
     from training.cv import cross_validate
+    from training.evaluate import format_real, plot_confusion
 
-    config, real, sim = _real_config(args, "cv")
     start = time.perf_counter()
     result = cross_validate(real, config, args.folds, sim, args.fold_seed, verbose=True)
-    _print_cv(result, args.folds, time.perf_counter() - start)
-    if args.report:
-        from training.evaluate import plot_confusion
+    spread = [f["balanced_accuracy"] for f in result.per_fold]
+    print(format_real(f"object-grouped {args.folds}-fold cross-validation "
+                      f"({time.perf_counter() - start:.0f} s; per-fold per-object balanced "
+                      f"accuracy {min(spread):.1%}–{max(spread):.1%})", result.figures))
+    record = {"grouped_cv": {"folds": args.folds, "fold_seed": args.fold_seed,
+                             **result.figures, "per_fold": result.per_fold}}
+    if report_dir is None:
+        return record
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cv.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    plot_confusion(result.figures, out / "cv_confusion.png",
+                   f"object-grouped {args.folds}-fold CV on {args.real}")
+    print(f"wrote {out}/cv.json and {out}/cv_confusion.png")
+    return record
 
-        out = Path(args.report)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cv.json").write_text(json.dumps(
-            {"figures": result.figures, "per_fold": result.per_fold}, indent=2) + "\n",
-            encoding="utf-8")
-        plot_confusion(result.figures, out / "cv_confusion.png",
-                       f"object-grouped {args.folds}-fold CV on {args.real}")
-        print(f"wrote {out}/cv.json and {out}/cv_confusion.png")
+
+def _cv(args: argparse.Namespace) -> int:
+    config, real, sim = _real_config(args, "cv")
+    _cross_validate(args, config, real, sim, args.report)
     return 0
 
 
 def _train_real(args: argparse.Namespace) -> int:
-    import json
-    import time
     from pathlib import Path
 
     from training.finetune import export, fine_tune
 
     config, real, sim = _real_config(args, "train-real")
-    metrics: dict[str, Any] = {}
     out = Path(args.out)
-    if args.folds:
-        from training.cv import cross_validate
-        from training.evaluate import plot_confusion
-
-        start = time.perf_counter()
-        result = cross_validate(real, config, args.folds, sim, args.fold_seed, verbose=True)
-        _print_cv(result, args.folds, time.perf_counter() - start)
-        metrics = {"grouped_cv": {"folds": args.folds, "fold_seed": args.fold_seed,
-                                  **result.figures, "per_fold": result.per_fold}}
-        plot_confusion(result.figures, out / "report" / "cv_confusion.png",
-                       f"object-grouped {args.folds}-fold CV on {args.real}")
+    metrics = _cross_validate(args, config, real, sim, out / "report") if args.folds else {}
     print("training on every real alert...", flush=True)
     trained = fine_tune(real, config, sim)
     data = {"real": str(args.real), "real_fingerprint_sha256": real.fingerprint(),
@@ -259,9 +251,6 @@ def _train_real(args: argparse.Namespace) -> int:
                           f"training.simulator.simulate(n={args.simulate}, "
                           f"seed={args.sim_seed}, balanced)" if args.simulate else None)}
     export(trained, config, out, data, metrics)
-    if metrics:
-        (out / "report" / "cv.json").write_text(json.dumps(metrics, indent=2) + "\n",
-                                                encoding="utf-8")
     print(f"artifact: {out} ({trained.seconds:.0f} s of training)")
     return 0
 

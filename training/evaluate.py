@@ -269,23 +269,14 @@ def plot_confusion(result: dict[str, Any], path: str | Path, title: str) -> Path
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    from training.train import draw_confusion
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, level in zip(axes, ("per_object", "per_alert"), strict=True):
         table = result[level]
-        confusion = np.array(table["confusion_matrix"])
-        rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(CLASS_NAMES)):
-            for j in range(len(CLASS_NAMES)):
-                ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.0%}", ha="center",
-                        va="center", color="white" if rates[i, j] > 0.5 else "black",
-                        fontsize=8)
-        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        draw_confusion(ax, table["confusion_matrix"])
         ax.set_title(f"{level.replace('_', ' ')}: balanced accuracy "
                      f"{table['balanced_accuracy']:.1%}", fontsize=10)
     fig.suptitle(title, fontsize=10)

@@ -37,7 +37,7 @@ from training.data import CLASS_NAMES, StampDataset, dihedral, preprocess_images
 from training.grouped import object_balanced_draw, object_table
 from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
 from worker.features import FEATURE_NAMES, FeatureEncoding
-from worker.model import MANIFEST, MODEL_FILE
+from worker.model import MANIFEST, MODEL_FILE, StampModel
 from worker.stamps import PreprocessConfig
 
 
@@ -152,9 +152,6 @@ class Prepared:
         return cls(images, dataset.features[kept], dataset.labels[kept],
                    dataset.object_ids[kept])
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each image under a random one of the 8 symmetries of the square."""
@@ -167,22 +164,22 @@ def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _start_model(config: FineTuneConfig, real: Prepared, input_shape: tuple[int, int, int]
+def _start_model(config: FineTuneConfig, real: Prepared, start: StampModel | None
                  ) -> tuple[Any, FeatureEncoding, str, tuple[str, ...]]:
-    """The Keras model to train, its feature encoding, its name and its inputs."""
+    """The Keras model to train, its feature encoding, its name and its inputs.
+
+    ``start`` is the loaded ``init_from`` artifact (None: a new model).
+    """
     import keras
 
-    import worker.layers  # noqa: F401  (registers the custom layers for loading)
     from training.train import fit_encoding
 
-    if config.init_from:
-        from worker.model import StampModel
-
-        start = StampModel.load(config.init_from, warm_up=False)
+    if start is not None:
         # A fresh copy: the loaded artifact stays as it is for whoever else holds it.
         model = keras.models.clone_model(start._model)
         model.set_weights(start._model.get_weights())
         return model, start.manifest.features, start.name, start.manifest.inputs
+    input_shape = real.images.shape[1:]
     encoding = fit_encoding(real.features, config.feature_encoding)
     inputs = MODEL_INPUTS[config.model]
     builder = BUILDERS[config.model]
@@ -243,13 +240,11 @@ def fine_tune(real: StampDataset, config: FineTuneConfig, sim: StampDataset | No
     start_time = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    if config.init_from:
-        from worker.model import StampModel
-
-        crop_size = StampModel.load(config.init_from, warm_up=False).preprocess.crop_size
+    start = StampModel.load(config.init_from, warm_up=False) if config.init_from else None
+    if start is not None:
+        crop_size = start.preprocess.crop_size
     real_p = Prepared.of(real, crop_size)
-    model, encoding, name, inputs = _start_model(config, real_p,
-                                                 real_p.images.shape[1:])  # type: ignore[arg-type]
+    model, encoding, name, inputs = _start_model(config, real_p, start)
     uses_features = "features" in inputs
     sim_p = Prepared.of(sim, crop_size) if sim is not None and config.sim_per_epoch else None
     if config.sim_per_epoch and sim_p is None:

@@ -79,25 +79,6 @@ def grouped_folds(labels: np.ndarray, object_ids: np.ndarray, k: int = 5, seed: 
     return fold_of_object[inverse]
 
 
-def grouped_holdout(labels: np.ndarray, object_ids: np.ndarray, fraction: float,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split examples into (rest, held out) with about ``fraction`` of each class's objects.
-
-    Returns
-    -------
-    (numpy.ndarray, numpy.ndarray)
-        Sorted example indices of the two parts; no object is in both.
-    """
-    objects, classes, inverse = object_table(labels, object_ids)
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(objects), bool)
-    for cls in range(len(CLASS_NAMES)):
-        members = rng.permutation(np.flatnonzero(classes == cls))
-        held[members[:int(round(fraction * len(members)))]] = True
-    mask = held[inverse]
-    return np.flatnonzero(~mask), np.flatnonzero(mask)
-
-
 def object_balanced_draw(labels: np.ndarray, object_ids: np.ndarray, per_class: int,
                          rng: np.random.Generator) -> np.ndarray:
     """Draw ``per_class`` examples of each class: a random object, then one of its alerts.
@@ -112,7 +93,10 @@ def object_balanced_draw(labels: np.ndarray, object_ids: np.ndarray, per_class: 
         Example indices, ``per_class`` for each class present.
     """
     objects, classes, inverse = object_table(labels, object_ids)
-    members_of = [np.flatnonzero(inverse == o) for o in range(len(objects))]
+    # Each object's example indices in ascending order, grouped by one stable sort
+    # (a scan per object would cost objects × examples on a broker's archive).
+    order = np.argsort(inverse, kind="stable")
+    members_of = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(objects)))[:-1])
     out = []
     for cls in range(len(CLASS_NAMES)):
         pool = np.flatnonzero(classes == cls)

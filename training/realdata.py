@@ -31,7 +31,7 @@ import numpy as np
 
 from training.data import CLASS_NAMES, DatasetError, StampDataset
 from worker.errors import AlertError
-from worker.features import metadata_features
+from worker.features import FEATURE_NAMES, metadata_features
 from worker.labeller import Labeller
 from worker.output import Source
 from worker.sources import Payload, SourceError, expand_paths, read_inputs
@@ -218,7 +218,8 @@ def build_dataset(payloads: Iterable[Payload], labels: Labels,
     size = preprocess.stamp_size
     if not rows:
         return StampDataset(np.zeros((0, size, size, 3), np.float32),
-                            np.zeros(0, np.int64), np.zeros((0, 26), np.float32))
+                            np.zeros(0, np.int64),
+                            np.zeros((0, len(FEATURE_NAMES)), np.float32))
     return StampDataset(
         np.stack(images), np.array([r[0] for r in rows], np.int64),
         np.stack([r[1] for r in rows]).astype(np.float32),

@@ -267,6 +267,24 @@ def manifest_head(model: Any, name: str, version: str, preprocess: PreprocessCon
     }
 
 
+def draw_confusion(ax: Any, confusion: Any) -> None:
+    """Draw a confusion matrix (rows true, columns predicted) on a matplotlib axes.
+
+    Cells are shaded by the share of their row (the recall) and show count and share.
+    """
+    confusion = np.asarray(confusion)
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(CLASS_NAMES)):
+        for j in range(len(CLASS_NAMES)):
+            ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center",
+                    color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+
+
 def write_report(report_dir: Path, manifest: dict[str, Any], curves: dict[str, list[float]]
                  ) -> None:
     """Write ``metrics.json``, ``confusion_matrix.png``, ``learning_curves.png``, ``report.md``."""
@@ -279,18 +297,8 @@ def write_report(report_dir: Path, manifest: dict[str, Any], curves: dict[str, l
     metrics = manifest["metrics"]
     (report_dir / "metrics.json").write_text(
         json.dumps({**metrics, "learning_curves": curves}, indent=2) + "\n", encoding="utf-8")
-    confusion = np.array(metrics["test"]["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(CLASS_NAMES)):
-        for j in range(len(CLASS_NAMES)):
-            ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center",
-                    color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    draw_confusion(ax, metrics["test"]["confusion_matrix"])
     ax.set_title(f"{manifest['name']}: balanced test set, "
                  f"accuracy {metrics['test']['accuracy']:.1%}")
     fig.tight_layout()

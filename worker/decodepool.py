@@ -12,14 +12,19 @@ refusals as ``(reason, detail, record_index)`` the other way (cutout bytes and t
 candidate record stay behind).  Helpers are started with ``spawn``, never forked from a
 process that runs TensorFlow or JAX threads, and they ignore SIGINT/SIGTERM: a Ctrl-C
 sent to the whole process group must let the worker drain its batch, so only the worker
-decides when helpers stop.
+decides when helpers stop.  They die with the worker all the same, also when it is killed
+with SIGKILL (:func:`exit_with_parent`), and the multiprocessing resource tracker, which
+exits once no process holds its pipe any more, follows them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -37,11 +42,56 @@ Item = tuple[bytes, Source, int, int]
 Refusal = tuple[int, str, str, "int | None"]
 
 _LABELLER: Labeller | None = None
+# How often a helper checks that the worker still lives [s]: a helper outlives a worker
+# killed with SIGKILL by at most this long (and each check costs one getppid call).
+PARENT_CHECK_S = 0.5
 
 
-def _start_helper(preprocess: PreprocessConfig, policy: AsteroidPolicy,
+def exit_with_parent(parent: int, interval_s: float = PARENT_CHECK_S) -> threading.Thread:
+    """End this process (status 1) as soon as ``parent`` is no longer its parent.
+
+    Parameters
+    ----------
+    parent : int
+        The pid of the process that started this one.  When it dies, the kernel gives
+        this process another parent (init or a subreaper); if that happened already, this
+        process ends at the first check.
+    interval_s : float
+        Time between two checks [s].
+
+    Returns
+    -------
+    threading.Thread
+        The daemon thread that checks.
+
+    Notes
+    -----
+    A thread watching ``os.getppid()`` is used rather than Linux ``PR_SET_PDEATHSIG``
+    (what ``processes: N`` children get from :func:`worker.processes.die_with_parent`):
+    the death signal is sent when the *thread* that started the child ends, not the
+    process, and a ``ProcessPoolExecutor`` starts its processes lazily in whichever
+    thread calls ``submit()`` (and in its manager thread when it replaces one), so a
+    pool built or used from a thread that ends would lose its helpers under a living
+    worker.  The thread depends on the process alone and works on any POSIX system; a
+    death signal would also have had to be SIGKILL, as helpers ignore SIGTERM.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        # The worker is gone and nothing will read what this helper decodes; it would
+        # wait forever on the call queue, whose writing end it holds itself.
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-worker", daemon=True)
+    thread.start()
+    return thread
+
+
+def _start_helper(parent: int, preprocess: PreprocessConfig, policy: AsteroidPolicy,
                   registry_url: str | None, registry_client: Mapping[str, Any]) -> None:
-    """Process initializer: ignore stop signals, build the decoding half of a Labeller."""
+    """Process initializer: die with the worker, ignore stop signals, build a decoder."""
+    exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     registry = None
@@ -113,7 +163,8 @@ class DecodePool:
         self._executor = ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_helper,
-            initargs=(preprocess, policy, registry_url, dict(registry_client or {})))
+            initargs=(os.getpid(), preprocess, policy, registry_url,
+                      dict(registry_client or {})))
         # Start the helpers now (imports take ~1 s each), not on the first batch.
         for future in [self._executor.submit(decode_chunk, []) for _ in range(processes)]:
             future.result()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from tests.test_train_data import alerce_like_pickle
 from training.cli import main as train_main
 from training.data import load_npz, preprocess_images
@@ -121,11 +124,80 @@ def test_cli_train_on_simulated_data(tmp_path: Path, capsys) -> None:
     assert StampModel.load(out).name == "baseline"
 
 
-def test_cli_errors_say_what_to_fix(tmp_path: Path) -> None:
+def test_cli_errors_say_what_to_fix(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit, match="no such dataset"):
         train_main(["train", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="epochs"):
+    with pytest.raises(SystemExit) as stop:
         train_main(["train", "--data", "x.npz", "--epochs", "0", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "argument --epochs: expected an integer ≥ 1, got '0'" in capsys.readouterr().err
+
+
+_CHECKS = """
+import json, sys
+from training.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        status = main(argv)
+    except SystemExit as stop:  # as the interpreter ends with it: message, status 1
+        status = stop.code
+        if isinstance(status, str):
+            print(status, file=sys.stderr)
+            status = 1
+    out.append([status, "tensorflow" in sys.modules or "keras" in sys.modules])
+print(json.dumps(out))
+"""
+
+
+def test_cli_checks_paths_and_numbers_before_tensorflow(tmp_path: Path, tiny_npz: Path
+                                                        ) -> None:
+    """Each command answers a wrong path or number with one line, TensorFlow unloaded."""
+    nope, a_file, folder = tmp_path / "nope", tmp_path / "a.txt", tmp_path / "folder"
+    a_file.write_text("x")
+    folder.mkdir()
+    data = str(tiny_npz)
+    cases = [
+        (["convert", str(nope), "--out", str(tmp_path / "o.npz"), "--i-trust-this-pickle"],
+         f"{nope}: no such file or directory"),
+        (["dataset", str(nope), "--labels", str(a_file), "--out", str(tmp_path / "o.npz")],
+         f"{nope}: no such file or directory"),
+        (["dataset", str(folder), "--labels", str(a_file), "--out", str(a_file / "o.npz")],
+         f"{a_file / 'o.npz'}: {a_file} is a file, not a folder"),
+        (["simulate", "--n", "10", "--out", str(folder)], f"{folder}: is a folder"),
+        (["train", "--data", str(nope), "--out", str(folder)], f"{nope}: no such dataset"),
+        (["train", "--data", data, "--out", str(a_file)], f"{a_file}: exists and is not a"),
+        (["train", "--data", data, "--model", "baseline", "--metadata-branch",
+          "--out", str(folder)], "metadata_branch needs a model with features"),
+        (["train", "--data", data, "--crop-size", "99", "--out", str(folder)],
+         "crop_size must be in [1, stamp_size=63]"),
+        (["train-real", "--real", str(nope), "--out", str(folder)],
+         f"{nope}: no such file or directory"),
+        (["train-real", "--real", data, "--init-from", str(folder), "--out", str(folder)],
+         f"{folder}: not a model artifact"),
+        (["cv", "--real", data, "--report", str(a_file)], f"{a_file}: exists and is not a"),
+        (["evaluate", "--model", str(folder), "--data", data], f"{folder}: not a model"),
+        (["evaluate", "--model", str(folder), "--data", str(nope)],
+         f"{nope}: no such file or directory"),
+        (["evaluate", "--model", str(folder)], "give --alerts with --labels, --data"),
+        (["train", "--data", data, "--epochs", "0", "--out", str(folder)],
+         "argument --epochs: expected an integer ≥ 1"),
+        (["cv", "--real", data, "--folds", "1"], "argument --folds: expected at least 2"),
+        (["train-real", "--real", data, "--first-detection-share", "1.5", "--out",
+          str(folder)], "argument --first-detection-share: expected a number in [0, 1]"),
+    ]
+    done = subprocess.run([sys.executable, "-c", _CHECKS, json.dumps([a for a, _ in cases])],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("usage:")
+             and not line.startswith(" ")]  # argparse's usage lines, then its one error
+    assert len(lines) == len(cases), done.stderr
+    for (argv, expected), (status, tensorflow), line in zip(cases, results, lines, strict=True):
+        assert expected in line, (argv, line)
+        assert line.startswith(f"stamp-train {argv[0]}: "), line
+        assert status == (2 if "argument --" in expected else 1), (argv, status)
+        assert not tensorflow, f"{argv}: TensorFlow imported before the checks"
 
 
 def test_train_serve_parity_bit_identical() -> None:

@@ -22,6 +22,11 @@ cv
 evaluate
     Score an artifact on real alerts + labels CSV (per alert, per object, per tier,
     with intervals), on a dataset, or on the real ALeRCE-labelled stamps.
+sim-report
+    Where simulated alerts differ from real labelled ones (:mod:`training.sim_report`).
+
+Every command checks its paths and numbers before TensorFlow is imported (a few
+seconds), and stops with one line saying what to fix.
 """
 
 from __future__ import annotations
@@ -42,6 +47,19 @@ from training.data import (
     load_npz,
     preprocess_images,
     save_npz,
+)
+from worker.commandline import (
+    UsageError,
+    check_readable,
+    check_writable,
+    fraction,
+    import_keras,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    quiet_tensorflow,
+    use_help_formatter,
 )
 from worker.features import metadata_features
 
@@ -70,6 +88,7 @@ def _filters(text: str) -> tuple[int, ...]:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    _check_paths("convert", inputs=[args.pickle], files=[args.out])
     if not args.i_trust_this_pickle:
         raise SystemExit("stamp-train convert: loading a pickle runs code from the file; "
                          "add --i-trust-this-pickle if you trust it")
@@ -83,6 +102,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _dataset(args: argparse.Namespace) -> int:
     from training.realdata import BuildReport, dataset_from_alerts
 
+    _check_paths("dataset", inputs=[*args.alerts, args.labels], files=[args.out, args.refused])
     report = BuildReport()
     dataset = dataset_from_alerts(args.alerts, args.labels, report=report)
     if len(dataset) == 0:
@@ -114,6 +134,7 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    _check_paths("simulate", files=[args.out])
     dataset = simulated_dataset(args.n, args.seed, args.balanced)
     path = save_npz(dataset, args.out)
     print(f"wrote {path}: {len(dataset)} examples {dataset.class_counts()}")
@@ -123,8 +144,12 @@ def _simulate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from training.models import TRUNK_FILTERS
     from training.train import TrainConfig, print_summary, train
+    from worker.stamps import PreprocessConfig
 
+    # --data is read below, before TensorFlow: its own error says how to make one.
+    _check_paths("train", folders=[args.out])
     try:
+        PreprocessConfig(crop_size=args.crop_size)
         config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                              seed=args.seed, patience=args.patience,
                              val_per_class=args.val_per_class,
@@ -143,6 +168,7 @@ def _train(args: argparse.Namespace) -> int:
         dataset = simulated_dataset(args.simulate, args.sim_seed)
         source = f"training.simulator.simulate(n={args.simulate}, seed={args.sim_seed})"
     print(f"data: {source}: {len(dataset)} examples {dataset.class_counts()}")
+    import_keras()
     verbose = 1 if sys.stderr.isatty() else 2
     manifest = train(dataset, config, args.out, data_source=source, verbose=verbose)
     print_summary(manifest)
@@ -150,13 +176,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_files(command: str, *paths: str | None) -> None:
-    """Stop with one line naming a missing input, before anything slow is imported."""
-    from pathlib import Path
+def _check_paths(command: str, inputs: Sequence[str | None] = (),
+                 files: Sequence[str | None] = (), folders: Sequence[str | None] = ()) -> None:
+    """Stop with one line naming a bad path, before anything slow is imported.
 
-    for path in paths:
-        if path and not Path(path).exists():
-            raise SystemExit(f"stamp-train {command}: {path}: no such file or directory")
+    ``inputs`` must exist and be readable; ``files`` and ``folders`` are outputs that
+    must be writable (created with their parents if needed; existing ones are
+    overwritten, as the commands always did).  None entries (options not given) are
+    skipped.
+    """
+    try:
+        for path in inputs:
+            if path:
+                check_readable(path)
+        for path in files:
+            if path:
+                check_writable(path)
+        for path in folders:
+            if path:
+                check_writable(path, directory=True)
+    except UsageError as exc:
+        raise SystemExit(f"stamp-train {command}: {exc}") from exc
 
 
 def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampDataset,
@@ -164,7 +204,10 @@ def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampData
     """The FineTuneConfig, the real dataset and the simulated one of ``train-real``/``cv``."""
     from training.finetune import FineTuneConfig
 
-    _check_files(command, args.real, args.sim, args.init_from)
+    _check_paths(command, inputs=[args.real, args.sim, args.init_from],
+                 folders=[getattr(args, "out", None), getattr(args, "report", None)])
+    if args.init_from:
+        _check_artifact(command, args.init_from)
     try:
         config = FineTuneConfig(epochs=args.epochs, per_class=args.per_class,
                                 sim_per_epoch=args.sim_per_epoch if (args.sim or args.simulate)
@@ -192,7 +235,25 @@ def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampData
         print(f"simulated: {args.sim or f'{args.simulate} fresh (seed {args.sim_seed})'}: "
               f"{len(sim)} examples, {config.sim_per_epoch} a epoch at weight "
               f"{config.sim_weight}")
+    import_keras()
     return config, real, sim
+
+
+def _check_artifact(command: str, path: str) -> None:
+    """Stop with one line if ``path`` is not a model artifact, before Keras is imported."""
+    import json
+
+    from worker.model import MANIFEST, MODEL_FILE, Manifest, ModelError
+
+    folder = check_readable(path)
+    manifest = folder / MANIFEST
+    try:
+        if not (folder / MODEL_FILE).is_file() or not manifest.is_file():
+            raise ModelError(f"{folder}: not a model artifact (a folder with {MODEL_FILE} "
+                             f"and {MANIFEST}, made by `stamp-train train`)")
+        Manifest.from_dict(json.loads(manifest.read_text(encoding="utf-8")), str(manifest))
+    except (OSError, ValueError, ModelError) as exc:
+        raise SystemExit(f"stamp-train {command}: {exc}") from exc
 
 
 def _cross_validate(args: argparse.Namespace, config: Any, real: StampDataset,
@@ -262,9 +323,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate, format_result, load_alerce_test_stamps
     from worker.model import ModelError, StampModel
 
-    _check_files("evaluate", args.model, args.data, args.labels, *(args.alerts or []))
+    _check_paths("evaluate", inputs=[args.model, args.data, args.alerce_test_stamps,
+                                     *(args.alerts or []), args.labels],
+                 files=[args.confusion],
+                 folders=[str(Path(args.model) / "report") if args.write else None])
     if bool(args.alerts) != bool(args.labels):
         raise SystemExit("stamp-train evaluate: --alerts and --labels go together")
+    if not (args.alerts or args.data or args.alerce_test_stamps):
+        raise SystemExit("stamp-train evaluate: give --alerts with --labels, --data and/or "
+                         "--alerce-test-stamps")
+    if args.confusion and not args.alerts:
+        raise SystemExit("stamp-train evaluate: --confusion needs --alerts and --labels")
+    _check_artifact("evaluate", args.model)
     real = None
     if args.alerts:
         from training.realdata import BuildReport, dataset_from_alerts
@@ -301,9 +371,6 @@ def _evaluate(args: argparse.Namespace) -> int:
                           results["real"]))
         if args.confusion:
             print(f"wrote {plot_confusion(results['real'], args.confusion, model.name)}")
-    if not results:
-        raise SystemExit("stamp-train evaluate: give --alerts with --labels, --data and/or "
-                         "--alerce-test-stamps")
     if args.write:
         out = Path(args.model) / "report" / "evaluation.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -312,23 +379,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folds(allow_none: bool) -> Any:
+    """``--folds`` type: at least 2 (k-fold), or 0 for no cross-validation."""
+    def parse(text: str) -> int:
+        value = non_negative_int(text)
+        if value == 1 or (value == 0 and not allow_none):
+            raise argparse.ArgumentTypeError(
+                f"expected {'0 or ' if allow_none else ''}at least 2 folds, got {text!r}")
+        return value
+    return parse
+
+
 def _real_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options ``train-real`` and ``cv`` share (one training configuration).
 
     The defaults are the bundled model's recipe, chosen by object-grouped
     cross-validation (``bench/cv_sweep.py``; README "The bundled model").
     """
-    p.add_argument("--real", required=True, help=".npz of real alerts (stamp-train dataset)")
+    p.add_argument("--real", required=True, metavar="NPZ",
+                   help="real labelled alerts (made by stamp-train dataset)")
     sim = p.add_mutually_exclusive_group()
-    sim.add_argument("--sim", help=".npz of simulated examples to mix in")
-    sim.add_argument("--simulate", type=int, metavar="N", default=4000,
+    sim.add_argument("--sim", metavar="NPZ", help="simulated examples to mix in")
+    sim.add_argument("--simulate", type=non_negative_int, metavar="N", default=4000,
                      help="mix in N freshly simulated examples (balanced classes; 0: none)")
     p.add_argument("--sim-seed", type=int, default=1, help="simulator seed for --simulate")
-    p.add_argument("--sim-per-epoch", type=int, default=1000,
+    p.add_argument("--sim-per-epoch", type=non_negative_int, default=1000, metavar="N",
                    help="simulated examples drawn per epoch")
-    p.add_argument("--sim-weight", type=float, default=0.3,
+    p.add_argument("--sim-weight", type=non_negative_float, default=0.3, metavar="W",
                    help="loss weight of a simulated example relative to a real draw")
-    p.add_argument("--first-detection-share", type=float, default=0.5,
+    p.add_argument("--first-detection-share", type=fraction, default=0.5, metavar="F",
                    help="share of real draws with a history shown as first detections "
                         "(ndethist 1)")
     p.add_argument("--init-from", metavar="DIR",
@@ -339,36 +418,50 @@ def _real_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="rotinv: dense layers of its own for the metadata features")
     p.add_argument("--feature-encoding", choices=FEATURE_ENCODINGS, default="log-indicators",
                    help="metadata encoding when not starting from an artifact")
-    p.add_argument("--epochs", type=int, default=45, help="epochs (fixed; choose them by cv)")
-    p.add_argument("--per-class", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=45,
+                   help="epochs (fixed; choose them by cv)")
+    p.add_argument("--per-class", type=positive_int, default=None, metavar="N",
                    help="object draws per class per epoch (default: the largest class's "
                         "object count)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="examples per gradient step")
+    p.add_argument("--learning-rate", type=positive_float, default=5e-4,
+                   help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="draws, augmentation, initialization")
     p.add_argument("--fold-seed", type=int, default=0, help="assignment of objects to folds")
     if command == "cv":
-        p.add_argument("--folds", type=int, default=5, help="number of folds")
-        p.add_argument("--report", metavar="DIR", help="write cv.json and cv_confusion.png")
+        p.add_argument("--folds", type=_folds(False), default=5, help="number of folds (≥ 2)")
+        p.add_argument("--report", metavar="DIR", help="write cv.json and cv_confusion.png "
+                       "into this folder (created if needed)")
     else:
-        p.add_argument("--folds", type=int, default=5,
+        p.add_argument("--folds", type=_folds(True), default=5,
                        help="cross-validate first and record it in the manifest (0: skip)")
         p.add_argument("--version", default="2", help="artifact version string")
-        p.add_argument("--out", required=True, help="artifact directory to write")
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="artifact folder to write (created if needed, files in it "
+                       "overwritten)")
     if command == "cv":
         p.set_defaults(version="cv")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stamp-train`` command line; returns the exit status."""
-    # The help shows the docstring's first line without its reStructuredText markup.
-    parser = argparse.ArgumentParser(prog="stamp-train",
-                                     description=__doc__.split("\n")[0].replace("``", ""))
-    sub = parser.add_subparsers(dest="command", required=True)
+    quiet_tensorflow()  # before anything imports TensorFlow
+    parser = argparse.ArgumentParser(
+        prog="stamp-train", description="Make labelled datasets of ZTF alert stamps, train "
+        "the classifier on them and evaluate model artifacts. Each command checks its "
+        "files and numbers before TensorFlow is loaded and stops with one line saying "
+        "what to fix (exit status 1; 2 for a malformed command line).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("convert", help="ALeRCE pickle → safe .npz (loads a pickle: runs its "
-                       "code; needs --i-trust-this-pickle)")
+                       "code; needs --i-trust-this-pickle)",
+                       description="Convert the ALeRCE stamp pickle (ALERCE_stamps_2020.pkl) "
+                       "once to the .npz dataset format, which loads without running code. "
+                       "Loading a pickle runs code from the file: this is the only command "
+                       "that does, and only with --i-trust-this-pickle. Non-square stamps "
+                       "are dropped and counted.")
     p.add_argument("pickle", help="ALERCE_stamps_2020.pkl or a file of the same layout")
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--out", required=True, metavar="NPZ", help="output .npz")
     p.add_argument("--i-trust-this-pickle", action="store_true",
                    help="confirm that the pickle comes from a source you trust")
     p.set_defaults(run=_convert)
@@ -380,34 +473,52 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "and evaluation. Alerts without a label or refused by the worker "
                        "are counted and can be listed with --refused.")
     p.add_argument("alerts", nargs="+", help="alert files, folders, archives or Parquet tables")
-    p.add_argument("--labels", required=True, help="labels CSV")
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--labels", required=True, metavar="CSV", help="labels CSV")
+    p.add_argument("--out", required=True, metavar="NPZ", help="output .npz")
     p.add_argument("--refused", metavar="CSV", help="write the refused alerts and reasons here")
     p.set_defaults(run=_dataset)
-    p = sub.add_parser("simulate", help="write a simulated labelled dataset (.npz)")
-    p.add_argument("--n", type=int, default=30000, help="number of examples")
-    p.add_argument("--seed", type=int, default=1)
+    p = sub.add_parser("simulate", help="write a simulated labelled dataset (.npz)",
+                       description="Simulate labelled ZTF-like alerts (stamps and the "
+                       "candidate fields the features use) and write them as a .npz "
+                       "dataset, with the seed's class imbalance or balanced classes.")
+    p.add_argument("--n", type=positive_int, default=30000, help="number of examples")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed")
     p.add_argument("--balanced", action="store_true",
                    help="equal classes instead of the seed's imbalance (SN ≈ 3 %%)")
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--out", required=True, metavar="NPZ", help="output .npz")
     p.set_defaults(run=_simulate)
-    p = sub.add_parser("train", help="train and export a model artifact")
+    p = sub.add_parser("train", help="train and export a model artifact",
+                       description="Train a classifier on a .npz dataset (or on freshly "
+                       "simulated alerts) with balanced validation and test sets and early "
+                       "stopping, and write the artifact folder the worker loads "
+                       "(model.keras, manifest.json with the test metrics, report/ with "
+                       "curves and confusion matrices).")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help=".npz dataset (from convert or simulate)")
-    source.add_argument("--simulate", type=int, metavar="N",
+    source.add_argument("--data", metavar="NPZ", help=".npz dataset (from convert, dataset "
+                        "or simulate)")
+    source.add_argument("--simulate", type=positive_int, metavar="N",
                         help="train on N freshly simulated examples")
     p.add_argument("--sim-seed", type=int, default=1, help="simulator seed for --simulate")
-    p.add_argument("--model", choices=("baseline", "rotinv"), default="rotinv")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--model", choices=("baseline", "rotinv"), default="rotinv",
+                   help="architecture: the seed's baseline CNN, or the rotation-invariant "
+                   "CNN with the metadata features")
+    p.add_argument("--epochs", type=positive_int, default=100,
+                   help="most epochs (early stopping usually ends sooner)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="examples per gradient step")
     p.add_argument("--seed", type=int, default=0, help="split/augmentation/initialization")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience")
-    p.add_argument("--val-per-class", type=int, default=100)
-    p.add_argument("--test-per-class", type=int, default=200)
-    p.add_argument("--crop-size", type=int, default=21)
-    p.add_argument("--entropy-beta", type=float, default=0.0,
+    p.add_argument("--patience", type=positive_int, default=10,
+                   help="epochs without a better validation accuracy before stopping")
+    p.add_argument("--val-per-class", type=positive_int, default=100, metavar="N",
+                   help="validation examples per class")
+    p.add_argument("--test-per-class", type=positive_int, default=200, metavar="N",
+                   help="test examples per class")
+    p.add_argument("--crop-size", type=positive_int, default=21, metavar="PIXELS",
+                   help="centre crop side of the stamps")
+    p.add_argument("--entropy-beta", type=non_negative_float, default=0.0, metavar="BETA",
                    help="entropy regularization weight (0 = plain cross-entropy)")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--learning-rate", type=positive_float, default=1e-3,
+                   help="Adam learning rate")
     p.add_argument("--feature-encoding", choices=FEATURE_ENCODINGS, default="standard",
                    help="metadata features: plain standardization (default), or log scales "
                         "for counts and distances plus missing-value indicators")
@@ -417,18 +528,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rotinv: filters of the trunk's four convolutions (default "
                         "16,32,64,128; 8,16,32,64 needs 40%% of its CPU time per alert)")
     p.add_argument("--version", default="1", help="artifact version string")
-    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="artifact folder to write (created if needed, files in it "
+                   "overwritten)")
     p.set_defaults(run=_train)
     p = sub.add_parser("evaluate", help="evaluate an artifact (through the worker's "
-                       "loading and preprocessing) on a dataset or the real labelled stamps")
-    p.add_argument("--model", required=True, help="artifact directory")
-    p.add_argument("--data", help=".npz dataset")
+                       "loading and preprocessing) on a dataset or the real labelled stamps",
+                       description="Score a model artifact through the worker's own loading "
+                       "and preprocessing: on real alerts with a labels CSV (per alert, per "
+                       "object, per tier, with intervals; optionally a confusion PNG), on a "
+                       ".npz dataset, and/or on the real ALeRCE-labelled stamps. Give at "
+                       "least one of --alerts with --labels, --data, --alerce-test-stamps.")
+    p.add_argument("--model", required=True, metavar="DIR", help="artifact folder")
+    p.add_argument("--data", metavar="NPZ", help=".npz dataset")
     p.add_argument("--alerce-test-stamps", metavar="DIR",
                    help="folder labelled/alerce-test-stamps of the shared real data")
     p.add_argument("--alerts", nargs="+", metavar="PATH",
                    help="real alert files, folders, archives or Parquet tables (with --labels)")
-    p.add_argument("--labels", help="labels CSV for --alerts (label, candid and/or objectId, "
-                   "optional tier)")
+    p.add_argument("--labels", metavar="CSV", help="labels CSV for --alerts (label, candid "
+                   "and/or objectId, optional tier)")
     p.add_argument("--confusion", metavar="PNG", help="write the real alerts' confusion "
                    "matrices (per object and per alert) to this PNG")
     p.add_argument("--write", action="store_true",
@@ -440,10 +558,10 @@ def main(argv: Sequence[str] | None = None) -> int:
              "rotations/flips), optionally from an artifact and mixed with simulated ones"),
             ("cv", _cv, "object-grouped k-fold cross-validation of a train-real "
              "configuration on real alerts (the model-selection number)")):
-        p = sub.add_parser(name, help=text, description=text + ".",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         _real_options(p, name)
         p.set_defaults(run=run)
+    use_help_formatter(parser)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -15,12 +15,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
-from keras import layers
+if TYPE_CHECKING:
+    import keras
 
-from worker.layers import CyclicAveragePool, RotationStack
-
+# Keras is imported by the builders, not here: the training configurations import this
+# module's names and check a command line without paying for TensorFlow's start-up.
 N_CLASSES = 5
 
 
@@ -42,6 +43,9 @@ def build_baseline(input_shape: tuple[int, int, int] = (21, 21, 3),
     keras.Model
         Inputs ``{"image"}``, output softmax probabilities (N, n_classes).
     """
+    import keras
+    from keras import layers
+
     image = keras.Input(input_shape, name="image")
     x = layers.Conv2D(16, 3, activation="relu")(image)
     x = layers.Conv2D(32, 3, activation="relu")(x)
@@ -88,6 +92,11 @@ def build_rotinv(input_shape: tuple[int, int, int] = (21, 21, 3), n_features: in
     keras.Model
         Inputs ``{"image", "features"}``, output softmax probabilities (N, n_classes).
     """
+    import keras
+    from keras import layers
+
+    from worker.layers import CyclicAveragePool, RotationStack
+
     image = keras.Input(input_shape, name="image")
     features = keras.Input((n_features,), name="features")
     # The baseline's convolutional stack as the shared trunk: four rotations make the

@@ -8,6 +8,14 @@ lines or CSV.  Fields that name a Kafka source say where the alert was read inst
 ``source_partition`` and ``source_offset`` are -1.  Alerts that cannot be labelled are
 listed on the error stream with their reasons and counted in the summary; they never stop
 the run.
+
+Exit status of the command: 0 when every input was read and each of its alerts labelled
+or refused with a reason (as the worker dead-letters them); 1 when some input could not
+be read (a damaged archive or table) or is not an alert at all (:data:`NOT_AN_ALERT`),
+after everything else has been labelled; 2 when nothing was done because a path, an
+option, the output or the model is wrong.  Paths, output and model manifest are checked
+before the model is loaded, and plain files are recognized as alerts (or not) by their
+first bytes before the model is loaded, too.
 """
 
 from __future__ import annotations
@@ -18,15 +26,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from schemas import load_schema
+from worker.commandline import UsageError, check_writable
+from worker.errors import Reason
 from worker.labeller import Labeller, Work
 from worker.model import CLASS_NAMES
 from worker.output import Source
 from worker.sources import Payload
 
 FORMATS = ("jsonl", "csv")
+NOT_AN_ALERT = frozenset({Reason.EMPTY_MESSAGE.value, Reason.UNKNOWN_FORMAT.value})
+"""Refusal reasons that say an input is not an alert at all (no bytes, or neither an Avro
+container nor Confluent framing) rather than a damaged or unusable alert."""
+EXIT_OK, EXIT_PARTIAL, EXIT_NOTHING_DONE = 0, 1, 2
 _LABEL_FIELDS = [f["name"] for f in load_schema("label.avsc")["fields"]]
 
 
@@ -96,9 +111,11 @@ class ClassifySummary:
     by_class : Counter
         Labels per top class.
     refused : Counter
-        Refused alert records per reason.
+        Refused alert records per reason (inputs that are not alerts are not counted).
     unreadable : list of (str, str)
         Inputs that could not be read at all, with the error.
+    not_alerts : list of (str, str)
+        Inputs that are not alerts at all (:data:`NOT_AN_ALERT`), with the reason.
     seconds : float
         Wall time [s].
     """
@@ -108,6 +125,7 @@ class ClassifySummary:
     by_class: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    not_alerts: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -128,7 +146,8 @@ def classify_payloads(payloads: Iterable[Payload], labeller: Labeller, writer: L
     batch_size : int
         Alerts per model call.
     on_refused : callable, optional
-        Called as ``on_refused(origin, reason, detail)`` for every refused record.
+        Called as ``on_refused(origin, reason, detail)`` for every refused record, and
+        for every input that is not an alert (reason in :data:`NOT_AN_ALERT`).
     summary : ClassifySummary, optional
         Counts to add to (a new one by default).
 
@@ -158,11 +177,15 @@ def classify_payloads(payloads: Iterable[Payload], labeller: Labeller, writer: L
         work, rejected = labeller.decode(payload.data, Source(payload.origin, -1, -1, -1),
                                          int(time.time() * 1000))
         for item in rejected:
-            summary.refused[item.error.reason.value] += 1
+            reason = item.error.reason.value
+            origin = payload.origin + (f"#{item.record_index}"
+                                       if item.record_index is not None else "")
+            if reason in NOT_AN_ALERT:
+                summary.not_alerts.append((origin, f"{reason}: {item.error.detail}"))
+            else:
+                summary.refused[reason] += 1
             if on_refused is not None:
-                origin = payload.origin + (f"#{item.record_index}"
-                                           if item.record_index is not None else "")
-                on_refused(origin, item.error.reason.value, item.error.detail)
+                on_refused(origin, reason, item.error.detail)
         batch += work
         if len(batch) >= batch_size:
             flush()
@@ -175,15 +198,19 @@ def classify_payloads(payloads: Iterable[Payload], labeller: Labeller, writer: L
 def format_summary(summary: ClassifySummary) -> str:
     """The end-of-run report: labels per class, refusals per reason, rate."""
     rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
+    not_alerts = len(summary.not_alerts)
     lines = [f"{summary.inputs} inputs → {summary.labelled} labels, "
              f"{sum(summary.refused.values())} refused, {len(summary.unreadable)} unreadable "
-             f"inputs, in {summary.seconds:.1f} s ({rate:.0f} alerts/s)",
+             f"inputs, {not_alerts} {'input' if not_alerts == 1 else 'inputs'} not "
+             f"{'an alert' if not_alerts == 1 else 'alerts'}, in {summary.seconds:.1f} s "
+             f"({rate:.0f} alerts/s)",
              f"{'class':<10}{'labels':>8}"]
     lines += [f"{c:<10}{summary.by_class[c]:>8}" for c in CLASS_NAMES]
     if summary.refused:
         lines.append(f"{'refused':<24}{'alerts':>8}")
         lines += [f"{reason:<24}{n:>8}" for reason, n in summary.refused.most_common()]
     lines += [f"unreadable input {origin}: {error}" for origin, error in summary.unreadable]
+    lines += [f"not an alert {origin}: {reason}" for origin, reason in summary.not_alerts]
     return "\n".join(lines)
 
 
@@ -214,8 +241,11 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
     Returns
     -------
     int
-        0 when every input could be read (refused alerts are results, not failures);
-        1 when some input was unreadable.
+        :data:`EXIT_OK` (0) when every input was read and each of its alerts labelled or
+        refused with a reason; :data:`EXIT_PARTIAL` (1) when some input could not be
+        read or is not an alert at all, the other inputs labelled; and
+        :data:`EXIT_NOTHING_DONE` (2), after one line on ``err``, when a path, an
+        option, the output or the model is wrong (checked before the model loads).
     """
     import sys
 
@@ -223,24 +253,40 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
     from worker.model import ModelError, StampModel
     from worker.sources import SourceError, expand_paths, read_inputs
 
-    try:
-        files = expand_paths(paths)  # a typo in a path stops it before the model loads
-        model = StampModel.load(model_path)
-    except (SourceError, ModelError) as exc:
-        raise SystemExit(f"stamp-worker classify: {exc}") from exc
-    labeller = Labeller(model, asteroid_policy=AsteroidPolicy(enabled=asteroid_policy))
     summary = ClassifySummary()
 
     def refused(origin: str, reason: str, detail: str) -> None:
-        if not quiet:
+        if reason in NOT_AN_ALERT:  # the exit status depends on it: shown even with -q
+            print(f"NOT AN ALERT {origin}: {reason}: {detail}", file=err)
+        elif not quiet:
             print(f"REFUSED {origin}: {reason}: {detail}", file=err)
 
     def unreadable(origin: str, message: str) -> None:
         summary.unreadable.append((origin, message))
         print(f"UNREADABLE {origin}: {message}", file=err)
 
-    stream = (sys.stdout if output in (None, "-")
-              else open(output, "w", encoding="utf-8", newline=""))  # noqa: SIM115
+    to_stdout = output in (None, "-")
+    try:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        # Every check that needs no model comes first: the model takes seconds to load.
+        files = _alert_inputs(expand_paths(paths), summary, refused)
+        if not to_stdout:
+            check_writable(str(output), parents=False)
+        if not files:  # nothing left that could hold an alert: no model needed
+            print(format_summary(summary), file=err)
+            return EXIT_PARTIAL
+        model = StampModel.load(model_path)
+    except (SourceError, ModelError, UsageError) as exc:
+        print(f"stamp-worker classify: {exc}", file=err)
+        return EXIT_NOTHING_DONE
+    labeller = Labeller(model, asteroid_policy=AsteroidPolicy(enabled=asteroid_policy))
+    try:
+        stream = (sys.stdout if to_stdout
+                  else open(str(output), "w", encoding="utf-8", newline=""))  # noqa: SIM115
+    except OSError as exc:
+        print(f"stamp-worker classify: {output}: cannot be written ({exc.strerror})", file=err)
+        return EXIT_NOTHING_DONE
     from rich.console import Console
     from rich.progress import Progress
 
@@ -264,4 +310,36 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
         else:
             stream.flush()
     print(format_summary(summary), file=err)
-    return 1 if summary.unreadable else 0
+    return EXIT_PARTIAL if summary.unreadable or summary.not_alerts else EXIT_OK
+
+
+def _alert_inputs(files: list[Path], summary: ClassifySummary,
+                  on_refused: Callable[[str, str, str], None]) -> list[Path]:
+    """The inputs that may hold alerts; the others are counted as not alerts.
+
+    Every file is opened (an unreadable one stops the command: :class:`UsageError`) and
+    a plain file's first bytes go through the decoder's own test of the framing, so a
+    file that is not an alert is reported before the model loads.  Archives and tables
+    are judged member by member as they are read.
+    """
+    from worker.alerts import AlertDecoder
+    from worker.errors import AlertError
+    from worker.sources import holds_many
+
+    decoder = AlertDecoder()
+    kept = []
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(5)  # Avro magic (4 B) or Confluent magic + schema id (5 B)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot be read ({exc.strerror})") from exc
+        if not holds_many(path):
+            first = next(iter(decoder.iter_records(head)), None)
+            if isinstance(first, AlertError) and first.reason.value in NOT_AN_ALERT:
+                summary.inputs += 1
+                summary.not_alerts.append((str(path), f"{first.reason.value}: {first.detail}"))
+                on_refused(str(path), first.reason.value, first.detail)
+                continue
+        kept.append(path)
+    return kept

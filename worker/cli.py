@@ -5,7 +5,7 @@ Subcommands
 run [--config FILE]
     The streaming worker: consume alerts, publish labels, serve metrics, until SIGTERM
     (``processes: N`` runs N worker processes in the consumer group).
-demo
+demo [--data DIR] [--timeout S]
     The whole job end to end on an embedded default (local broker, sample alerts,
     bundled model), then a table of labels per class and latencies.
 replay PATH... --topic T | --source-topic S --topic T
@@ -13,7 +13,9 @@ replay PATH... --topic T | --source-topic S --topic T
     or a slice of another topic) to a topic, keyed by objectId, at a chosen rate or in
     bursts.
 classify PATH...
-    The worker's pipeline without Kafka: label records as JSON lines or CSV.
+    The worker's pipeline without Kafka: label records as JSON lines or CSV.  Exit
+    status 0 when every input was read, 1 when some input is unreadable or not an alert
+    at all, 2 when nothing was done (see :data:`CLASSIFY_EXIT_STATUS`).
 inspect PATH...
     Decode and preprocess alert files (``.avro``), archives, Parquet tables or folders
     of them, without Kafka or a model, and print one line per alert (or the reason it is
@@ -23,13 +25,20 @@ inspect PATH...
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 
 from worker.alerts import Alert, AlertDecoder
+from worker.commandline import (
+    UsageError,
+    check_readable,
+    positive_float,
+    positive_int,
+    quiet_tensorflow,
+    use_help_formatter,
+)
 from worker.errors import AlertError
 from worker.sources import SourceError, expand_paths, read_inputs
 from worker.stamps import PreprocessConfig, prepare_alert
@@ -52,22 +61,30 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     Returns
     -------
     int
-        Exit status: 0 (refused alerts are reported, not failures of the command).
+        Exit status: 0 when every input was read (refused alerts are reported, not
+        failures of the command); 1 when some input could not be read or is not an
+        alert at all (:data:`worker.classify.NOT_AN_ALERT`); 2 when nothing was done
+        (a missing path, a bad option: one line on stderr).
     """
+    from worker.classify import NOT_AN_ALERT
+
     try:
         config = PreprocessConfig(crop_size=crop_size, non_square=non_square)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise SystemExit(f"stamp-worker inspect: {exc}") from exc
+        for path in paths:
+            check_readable(path)
+        files = expand_paths(paths)
+    except (ValueError, SourceError, UsageError) as exc:
+        print(f"stamp-worker inspect: {exc}", file=sys.stderr)
+        return 2
     decoder = AlertDecoder()
     outcomes: Counter[str] = Counter()
     n_files = 0
     start = time.perf_counter()
-    try:
-        files = expand_paths(paths)
-    except SourceError as exc:
-        raise SystemExit(f"stamp-worker inspect: {exc}") from exc
+    failed = 0
 
     def unreadable(origin: str, message: str) -> None:
+        nonlocal failed
+        failed += 1
         outcomes["unreadable_input"] += 1
         print(f"UNREADABLE {origin}: {message}")
 
@@ -87,7 +104,10 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
                         print(f"ok      {path}  {item.object_id} {item.candid}{flag}")
                     continue
             outcomes[item.reason.value] += 1
-            if not quiet:
+            if item.reason.value in NOT_AN_ALERT:
+                failed += 1
+                print(f"NOT AN ALERT {path}  {item.reason.value}: {item.detail}")
+            elif not quiet:
                 print(f"REFUSED {path}  {item.reason.value}: {item.detail}")
     elapsed = time.perf_counter() - start
     total = sum(outcomes.values())
@@ -95,7 +115,7 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     print(f"{'outcome':<24}{'alerts':>8}")
     for outcome, count in outcomes.most_common():
         print(f"{outcome:<24}{count:>8}")
-    return 0
+    return 1 if failed else 0
 
 
 def run(config_path: str | None) -> int:
@@ -175,6 +195,19 @@ def run(config_path: str | None) -> int:
 PATHS_HELP = ("alert files (.avro), ZTF nightly archives (.tar.gz) and Parquet tables "
               "(.parquet, one alert per row), both read as a stream, or folders of them")
 
+CLASSIFY_EXIT_STATUS = """exit status:
+  0  every input was read; each of its alerts labelled or refused with its reason
+  1  some input could not be read (a damaged archive or table) or is not an alert
+     at all (empty, or neither an Avro container nor Confluent framing); the labels
+     of all the other inputs were written
+  2  nothing was done: a path, an option, the output or the model is wrong (one
+     line on stderr says which)"""
+INSPECT_EXIT_STATUS = """exit status:
+  0  every input was read (refused alerts are results, listed with their reasons)
+  1  some input could not be read or is not an alert at all; the others were
+     inspected
+  2  nothing was done: a path or an option is wrong (one line on stderr)"""
+
 
 def _add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -215,14 +248,20 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "classify", help="label alert files offline (no Kafka): JSON lines or CSV",
         description="Run the worker's pipeline on files, archives, Parquet tables and "
-        "folders and write "
-        "its label records. Refused alerts are listed on stderr with their reasons.")
+        "folders and write its label records. Refused alerts are listed on stderr with "
+        "their reasons, as the worker dead-letters them; inputs that cannot be read or "
+        "are not alerts at all are listed even with --quiet. The paths, the output and "
+        "the model's manifest are checked before the model loads.",
+        epilog=CLASSIFY_EXIT_STATUS)
     p.add_argument("paths", nargs="+", help=PATHS_HELP)
-    p.add_argument("-o", "--output", help="output file (default: standard output)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="output file, overwritten (default: standard output)")
     p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl",
                    help="JSON lines (default) or CSV")
-    p.add_argument("--model", help="model artifact directory (default: the bundled model)")
-    p.add_argument("--batch-size", type=int, default=256, help="alerts per model call")
+    p.add_argument("--model", metavar="DIR",
+                   help="model artifact directory (default: the bundled model)")
+    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
+                   help="alerts per model call")
     p.add_argument("--asteroid-policy", action="store_true",
                    help="label alerts within 5 arcsec of a known solar-system object "
                    "asteroid without the model (as the worker's asteroid_policy)")
@@ -230,34 +269,82 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="summary only on stderr, not one line per refused alert")
 
 
+def _demo(data: str | None, timeout_s: float) -> int:
+    """``stamp-worker demo``: check ``--data``, then run :func:`worker.demo.run_demo`."""
+    from pathlib import Path
+
+    data_dir = None
+    if data is not None:
+        data_dir = Path(data)
+        if not data_dir.is_dir():
+            print(f"stamp-worker demo: {data}: no such folder", file=sys.stderr)
+            return 2
+        if not any(p.is_dir() for p in data_dir.glob("ztf-alerts*")):
+            print(f"stamp-worker demo: {data}: holds no ztf-alerts* folder of alert files "
+                  "(the layout of the shared data)", file=sys.stderr)
+            return 2
+    from worker.demo import run_demo
+
+    return run_demo(timeout_s, data_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stamp-worker`` command line; returns the exit status."""
     # TensorFlow's C++ start-up notices (oneDNN, CPU features) are not for operators.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = argparse.ArgumentParser(prog="stamp-worker", description=__doc__.split("\n")[0])
+    quiet_tensorflow()
+    parser = argparse.ArgumentParser(
+        prog="stamp-worker", description="Label ZTF alerts with the stamp classifier: the "
+        "streaming Kafka worker, an end-to-end demo, and the tools around them. "
+        "'stamp-worker COMMAND --help' describes each command.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="the streaming worker (Kafka in, labels out)")
+    p_run = sub.add_parser(
+        "run", help="the streaming worker (Kafka in, labels out)",
+        description="Consume alerts from Kafka, label them with the model and publish the "
+        "label records; alerts that cannot be labelled go to the dead-letter topic with "
+        "their reason. Serves Prometheus metrics and health checks, and runs until "
+        "SIGTERM or SIGINT (exit 0, after draining and committing) or a failure (exit 1, "
+        "one line on stderr). processes: N in the configuration runs N worker processes.")
     p_run.add_argument("--config", help="YAML configuration (default: $STAMP_WORKER_CONFIG); "
                        "STAMP_WORKER__SECTION__KEY variables override it "
                        "(see deploy/worker.example.yaml)")
-    sub.add_parser("demo", help="end to end on an embedded default: local broker, sample "
-                   "alerts, bundled model; prints labels and latencies")
+    p_demo = sub.add_parser(
+        "demo", help="end to end on an embedded default: local broker, sample "
+        "alerts, bundled model; prints labels and latencies",
+        description="Start a local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS names one), "
+        "replay the real sample alerts (the ztf-alerts* folders of the data folder; "
+        "simulated alerts when there is none) into fresh topics, run the worker with the "
+        "bundled model until every alert is committed, print labels per class, dead "
+        "letters per reason and latencies, and stop what it started. Exit status 0 when "
+        "every alert was labelled or dead-lettered.")
+    p_demo.add_argument("--data", metavar="DIR",
+                        help="data folder whose ztf-alerts* folders are replayed (default: "
+                        "$STAMP_DATA_DIR, else ../shared/data; simulated alerts when "
+                        "neither exists)")
+    p_demo.add_argument("--timeout", type=positive_float, default=300.0, metavar="S",
+                        help="give up waiting for the worker this many seconds after the "
+                        "start")
     _add_replay(sub)
     _add_classify(sub)
-    p_inspect = sub.add_parser("inspect", help="decode + preprocess alert files, no Kafka")
+    p_inspect = sub.add_parser(
+        "inspect", help="decode + preprocess alert files, no Kafka",
+        description="Decode and preprocess alert files, archives, Parquet tables or folders "
+        "of them as the worker would, without Kafka or a model, and print one line per "
+        "alert (ok, or the reason it is refused) and a count per outcome: the tool to ask "
+        "why an alert fails.", epilog=INSPECT_EXIT_STATUS)
     p_inspect.add_argument("paths", nargs="+", help=PATHS_HELP)
-    p_inspect.add_argument("--crop-size", type=int, default=21, help="centre crop [pixels]")
+    p_inspect.add_argument("--crop-size", type=positive_int, default=21, metavar="PIXELS",
+                           help="centre crop side")
     p_inspect.add_argument("--non-square", choices=("pad", "reject"), default="pad",
                            help="policy for stamps cut by a CCD edge")
-    p_inspect.add_argument("-q", "--quiet", action="store_true", help="summary only")
+    p_inspect.add_argument("-q", "--quiet", action="store_true",
+                           help="summary only (and the inputs that make the exit status 1)")
+    use_help_formatter(parser)
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return run(args.config)
         if args.command == "demo":
-            from worker.demo import run_demo
-
-            return run_demo()
+            return _demo(args.data, args.timeout)
         if args.command == "inspect":
             return inspect(args.paths, args.crop_size, args.non_square, args.quiet)
         if args.command == "replay":

@@ -67,10 +67,19 @@ def _quantiles(values: list[float]) -> str:
     return f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {max(values) * 1000:.0f} ms"
 
 
-def run_demo(timeout_s: float = 300.0) -> int:
-    """Run the demo; returns 0 when every alert was labelled or dead-lettered."""
+def run_demo(timeout_s: float = 300.0, data_dir: Path | None = None) -> int:
+    """Run the demo; returns 0 when every alert was labelled or dead-lettered.
+
+    Parameters
+    ----------
+    timeout_s : float
+        Stop waiting for the worker this long after the start [s].
+    data_dir : Path, optional
+        Data folder whose ``ztf-alerts*`` folders are replayed (default:
+        ``$STAMP_DATA_DIR``, else ``../shared/data``; simulated alerts when none exists).
+    """
     started = time.monotonic()
-    payloads, described = sample_alerts(_data_dir())
+    payloads, described = sample_alerts(data_dir if data_dir is not None else _data_dir())
     print(f"input: {described}")
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

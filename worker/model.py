@@ -161,7 +161,12 @@ class StampModel:
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"{manifest_path}: not valid JSON ({exc})") from exc
         manifest = Manifest.from_dict(data, str(manifest_path))
-        import keras  # deferred: a bad manifest is reported without importing a backend
+        # Deferred: a bad manifest is reported without importing a backend.  The first
+        # import drops TensorFlow's start-up notices below TF_CPP_MIN_LOG_LEVEL.
+        from worker.commandline import import_keras
+
+        import_keras()
+        import keras
 
         import worker.layers  # noqa: F401  (registers the custom layers)
 

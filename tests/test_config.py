@@ -288,6 +288,19 @@ def test_empty_or_null_environment_value_restores_optional_defaults(tmp_path: Pa
     assert config.model_path is None and config.registry.url is None
 
 
+def test_instance_id_from_the_environment_as_kubernetes_sets_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "w.yaml", MINIMAL)
+    assert load_config(path, env={}).instance_id is None  # dynamic membership
+    pod = {"STAMP_WORKER__INSTANCE_ID": "stamp-worker-0"}
+    assert load_config(path, env=pod).instance_id == "stamp-worker-0"
+    # A number stays the text it was; an empty value (an unset field ref) means none.
+    assert load_config(path, env={"STAMP_WORKER__INSTANCE_ID": "007"}).instance_id == "007"
+    assert load_config(path, env={"STAMP_WORKER__INSTANCE_ID": ""}).instance_id is None
+    message = load_error(tmp_path, env={"STAMP_WORKER__INSTANCE_ID": "pod 0"})
+    assert "instance_id (from STAMP_WORKER__INSTANCE_ID): 'pod 0' is not a Kafka " \
+           "group.instance.id" in message
+
+
 def test_environment_never_reads_yaml_1_1_booleans() -> None:
     config = load_config(None, env={**MINIMAL_ENV, "STAMP_WORKER__TOPICS__OUTPUT": "no"})
     assert config.topics.output == "no"
@@ -358,6 +371,15 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      'kafka.producer["bootstrap.servers"]', "kafka.bootstrap_servers"),
     ("transactional id", {"kafka": {"producer": {"transactional.id": "t"}}},
      'kafka.producer["transactional.id"]', "exactly_once"),
+    ("group instance id in librdkafka", {"kafka": {"consumer": {"group.instance.id": "p"}}},
+     'kafka.consumer["group.instance.id"]', "from instance_id"),
+    ("instance id with a slash", {"instance_id": "pod/0"}, "instance_id",
+     "not a Kafka group.instance.id"),
+    ("instance id too long", {"instance_id": "p" * 250}, "instance_id", "at most 249"),
+    ("instance id empty", {"instance_id": " "}, "instance_id", "must not be empty"),
+    ("instance id as a number", {"instance_id": 7}, "instance_id", "quote it in YAML"),
+    ("instance id too long for its processes", {"instance_id": "p" * 248, "processes": 2},
+     "instance_id", "'<instance_id>-1', is longer than 249"),
     ("list as a librdkafka value", {"kafka": {"consumer": {"debug": ["a", "b"]}}},
      "kafka.consumer.debug", "string, number or boolean"),
     ("null as a librdkafka value", {"kafka": {"producer": {"acks": None}}},

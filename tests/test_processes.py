@@ -42,6 +42,20 @@ def test_each_process_gets_one_process_and_its_own_metrics_port(tmp_path: Path) 
     assert seen == [(1, 9200), (1, 9201), (1, 9202)]
     off = child_environment(config(2, port=0), 1, base={})
     assert off["STAMP_WORKER__METRICS__PORT"] == "0"  # the server stays off
+    assert not any("INSTANCE_ID" in name for name in off)  # dynamic membership stays so
+
+
+def test_each_process_gets_its_own_instance_id(tmp_path: Path) -> None:
+    """Static members of one group need distinct ids: ``<instance_id>-<index>``."""
+    path = tmp_path / "w.yaml"
+    path.write_text("kafka: {bootstrap_servers: 'k:9092'}\n"
+                    "topics: {input: a, output: l, dead_letter: d}\nprocesses: 2\n")
+    # As Kubernetes sets it, in the parent's own spelling (names are case-insensitive).
+    parent_env = {"stamp_worker__instance_id": "stamp-worker-3"}
+    parent = load_config(path, env=parent_env)
+    ids = [load_config(path, env=child_environment(parent, index, base=parent_env)).instance_id
+           for index in range(2)]
+    assert ids == ["stamp-worker-3-0", "stamp-worker-3-1"]
 
 
 # A stand-in worker: its index is its metrics port − 9100; it records the signals it gets

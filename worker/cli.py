@@ -160,7 +160,7 @@ def run(config_path: str | None) -> int:
 
     from worker.metrics import HealthState, MetricsServer, WorkerMetrics
     from worker.model import ModelError, StampModel
-    from worker.pipeline import Worker
+    from worker.pipeline import IdentityError, Worker
     from worker.registry import ConfluentSchemaRegistry
 
     registry = CollectorRegistry()
@@ -179,12 +179,16 @@ def run(config_path: str | None) -> int:
         log.info("model %s v%s from %s", model.name, model.version, model.path)
         schema_registry = (ConfluentSchemaRegistry(config.registry.url, config.registry.client)
                            if config.registry.url else None)
-        worker = Worker(config, model, metrics, health, AlertDecoder(registry=schema_registry))
-        worker.install_signal_handlers()
-        log.info("consuming %s as group %s → labels %s, dead letters %s",
-                 ",".join(config.topics.input), config.group_id, config.topics.output,
-                 config.topics.dead_letter)
-        code = worker.run()
+        try:
+            worker = Worker(config, model, metrics, health,
+                            AlertDecoder(registry=schema_registry))
+            worker.install_signal_handlers()
+            log.info("consuming %s as group %s → labels %s, dead letters %s",
+                     ",".join(config.topics.input), config.group_id, config.topics.output,
+                     config.topics.dead_letter)
+            code = worker.run()
+        except IdentityError as exc:  # another live worker has this one's id
+            raise SystemExit(f"stamp-worker run: {exc}") from exc
         log.info("stopped cleanly")
         return code
     finally:

@@ -370,6 +370,21 @@ def _model_dir(value: Any) -> Path | None:
     return path
 
 
+# Kafka's rule for a group.instance.id (the same as for a topic name).
+_INSTANCE_ID = _TOPIC_NAME
+MAX_INSTANCE_ID = 249
+
+
+def _instance_id(value: Any) -> str | None:
+    name = _text(value, optional=True)
+    if name is None:
+        return None
+    if name in (".", "..") or not _INSTANCE_ID.fullmatch(name):
+        return _fail(f"{name!r} is not a Kafka group.instance.id (letters, digits, '.', '_' "
+                     f"and '-', at most {MAX_INSTANCE_ID}); a Kubernetes pod name is one")
+    return name
+
+
 def _librdkafka_bool(value: Any) -> bool | None:
     """A librdkafka boolean as librdkafka reads it (true/t/1, false/f/0), else None."""
     text = str(value).strip().lower()
@@ -504,13 +519,16 @@ _CONSUMER_OWNED = {
     "group.id": "the worker sets it from group_id; set that key instead",
     "enable.partition.eof": "the worker turns it off (it never waits for the end of a "
                             "partition); remove it",
+    "group.instance.id": "the worker sets it from instance_id (adding the process index "
+                         "with processes: N); set that key instead",
 }
 _PRODUCER_OWNED = {
     "bootstrap.servers": _SET_BOOTSTRAP,
     "metadata.broker.list": _SET_BOOTSTRAP,
     "group.id": "producers have no consumer group; the worker's comes from group_id",
-    "transactional.id": "set exactly_once: true instead; the worker then picks a "
-                        "transactional.id for each process",
+    "transactional.id": "set exactly_once: true instead; the worker then derives a "
+                        "stable transactional.id for each process from group_id and "
+                        "instance_id (or the host name)",
 }
 _REGISTRY_OWNED = {"url": "set registry.url instead"}
 
@@ -530,8 +548,8 @@ class KafkaConfig:
         ``sasl.*``, ``ssl.*``, ``session.timeout.ms``...). Stored read-only. Not allowed:
         ``bootstrap.servers`` and ``group.id`` (they come from the typed fields),
         ``enable.auto.commit: true`` (the worker commits an offset only once the labels of
-        its batch are delivered), ``enable.partition.eof``, ``transactional.id`` (see
-        ``exactly_once``).
+        its batch are delivered), ``enable.partition.eof``, ``group.instance.id`` and
+        ``transactional.id`` (see ``instance_id`` and ``exactly_once``).
     """
 
     bootstrap_servers: str
@@ -763,6 +781,17 @@ class WorkerConfig:
         Input, output and dead-letter topics.
     group_id : str
         Kafka consumer group; workers sharing it share the partitions.
+    instance_id : str or None
+        This member's stable identity in the group, e.g. its Kubernetes pod name
+        (``STAMP_WORKER__INSTANCE_ID`` from the downward API's ``metadata.name``); with
+        ``processes: N`` process *i* uses ``<instance_id>-<i>``.  Set: static membership
+        (``group.instance.id``), so a member restarted within ``session.timeout.ms`` takes
+        its partitions back at once, without a rebalance; and, with ``exactly_once``, the
+        ``transactional.id`` ``<group_id>-<instance_id>``.  A member that stops and is
+        not restarted keeps its partitions unread until ``session.timeout.ms`` has
+        passed, a clean stop included.  Must be unique among the live members.  None:
+        dynamic membership, and with ``exactly_once`` a transactional.id from the host
+        name and a slot that no live worker on the host holds.
     batch : BatchConfig
         Micro-batch size [messages] and wait [ms].
     preprocessing : worker.stamps.PreprocessConfig
@@ -797,6 +826,7 @@ class WorkerConfig:
     kafka: KafkaConfig
     topics: TopicsConfig
     group_id: str = "stamp-classifier"
+    instance_id: str | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     model_path: Path | None = None
@@ -812,6 +842,7 @@ class WorkerConfig:
         for name, cls in _SECTION_TYPES.items():
             checks.field(name, _instance, cls=cls)
         checks.field("group_id", _text)
+        instance_id = checks.field("instance_id", _instance_id)
         checks.field("model_path", _model_dir)
         exactly_once = checks.field("exactly_once", _boolean)
         checks.field("shutdown_timeout_s", _number, positive=True, unit="s")
@@ -821,6 +852,11 @@ class WorkerConfig:
             checks.add(f"{processes} processes serve metrics on ports {self.metrics.port} to "
                        f"{self.metrics.port + processes - 1}, past 65535; lower metrics.port",
                        "processes")
+        if (isinstance(instance_id, str) and isinstance(processes, int) and processes > 1
+                and len(f"{instance_id}-{processes - 1}") > MAX_INSTANCE_ID):
+            checks.add(f"with {processes} processes the last one's group.instance.id, "
+                       f"'<instance_id>-{processes - 1}', is longer than {MAX_INSTANCE_ID} "
+                       f"characters; shorten it", "instance_id")
         if exactly_once is True and isinstance(self.kafka, KafkaConfig):
             idempotence = self.kafka.producer.get("enable.idempotence", True)
             if _librdkafka_bool(idempotence) is not True:

@@ -37,22 +37,28 @@ The only module that knows Kafka's commit rules:
 
 from __future__ import annotations
 
+import fcntl
 import gc
+import hashlib
 import logging
 import math
+import os
 import signal
+import socket
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.alerts import AlertDecoder
-from worker.config import WorkerConfig
+from worker.config import MAX_PROCESSES, WorkerConfig
 from worker.decodepool import DecodePool, refusal_to_rejected
 from worker.labeller import Labeller, Outcome, Rejected, Work
 from worker.metrics import HealthState, WorkerMetrics, jd_to_unix
@@ -71,6 +77,9 @@ DECODE_CHUNK = 128
 MAX_UNCONFIRMED = 4
 # Seconds between two log lines for the same recoverable consumer error.
 CONSUMER_ERROR_LOG_S = 60.0
+# Default transactional.id slots of one group on one host (claim_transactional_id): room
+# for several commands of MAX_PROCESSES processes each.
+TRANSACTIONAL_SLOTS = 4 * MAX_PROCESSES
 
 
 class DeliveryError(RuntimeError):
@@ -79,6 +88,138 @@ class DeliveryError(RuntimeError):
 
 class CommitError(RuntimeError):
     """The broker refused an offset commit."""
+
+
+class IdentityError(RuntimeError):
+    """The worker's member or transactional id is, or would be, another live worker's."""
+
+
+@dataclass
+class TransactionalId:
+    """A producer's ``transactional.id``, and the lock that keeps it to one live process.
+
+    Attributes
+    ----------
+    value : str
+        The id.
+    lock : file or None
+        The open, ``flock``-ed slot file of a default id; None for one from
+        ``instance_id`` or where no lock could be taken.
+    """
+
+    value: str
+    lock: IO[str] | None = None
+
+    def release(self) -> None:
+        """Give the id up (closing the file releases the lock)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+def claim_transactional_id(config: WorkerConfig,
+                           lock_dir: Path | None = None) -> TransactionalId:
+    """The producer's ``transactional.id``: the same after a restart, one per live worker.
+
+    A restarted worker that initializes its predecessor's id fences it: the broker aborts
+    the transaction a killed predecessor left open at once, instead of holding back
+    read_committed readers of the labels until ``transaction.timeout.ms`` (60 s by
+    default) has passed.
+
+    Parameters
+    ----------
+    config : WorkerConfig
+        ``group_id`` and ``instance_id``.
+    lock_dir : Path, optional
+        Folder of the slot lock files; default the system's temporary folder.
+
+    Returns
+    -------
+    TransactionalId
+        ``<group_id>-<instance_id>`` when ``instance_id`` is set (keeping it unique among
+        live workers is the operator's part; it is the group's static member id too).
+        Otherwise ``<group_id>-<host name>-<slot>``: the slot is the lowest one of this
+        group on this host whose lock file no live process holds.  The kernel releases
+        an ``flock`` when its process dies, SIGKILL included, so two live workers on one
+        host never share an id, and a worker restarted on the host takes a slot that a
+        dead predecessor left.
+
+    Raises
+    ------
+    IdentityError
+        Every slot is held by a live worker.
+    """
+    if config.instance_id is not None:
+        return TransactionalId(f"{config.group_id}-{config.instance_id}")
+    host = socket.gethostname()
+    folder = Path(tempfile.gettempdir()) if lock_dir is None else lock_dir
+    digest = hashlib.sha1(f"{config.group_id}\0{host}".encode()).hexdigest()[:16]
+    for slot in range(TRANSACTIONAL_SLOTS):
+        value = f"{config.group_id}-{host}-{slot}"
+        try:
+            lock = open(folder / f"stamp-worker-txn-{digest}-{slot}.lock", "a+",  # noqa: SIM115
+                        encoding="utf-8")
+        except PermissionError:  # another user's: that slot is not ours to judge
+            continue
+        except OSError as exc:
+            log.warning("cannot keep the transactional.id %r to this process (%s): two "
+                        "workers of group %s on this host would fence each other; give "
+                        "each its own instance_id", value, exc, config.group_id)
+            return TransactionalId(value)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live worker
+            lock.close()
+            continue
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()} {value}\n")  # for whoever looks
+        lock.flush()
+        return TransactionalId(value, lock)
+    raise IdentityError(f"all {TRANSACTIONAL_SLOTS} transactional.id slots of group "
+                        f"{config.group_id!r} on host {host} are held by live workers; stop "
+                        f"some, or give each its own instance_id")
+
+
+def fenced_reason(error: BaseException, config: WorkerConfig,
+                  transactional_id: str | None) -> str | None:
+    """What to tell the operator when ``error`` means another worker took this one's place.
+
+    Parameters
+    ----------
+    error : BaseException
+        What stopped the worker.
+    config : WorkerConfig
+        ``group_id`` and ``instance_id``, for the message.
+    transactional_id : str or None
+        The producer's id (``exactly_once``).
+
+    Returns
+    -------
+    str or None
+        One line naming the cause and the fix; None for any other error.
+    """
+    if not (isinstance(error, KafkaException) and error.args
+            and isinstance(error.args[0], KafkaError)):
+        return None
+    code, text = error.args[0].code(), error.args[0].str()
+    if code == KafkaError.FENCED_INSTANCE_ID or (code == KafkaError._FATAL
+                                                 and "group.instance.id" in text):
+        return (f"another worker joined group {config.group_id!r} with this one's "
+                f"group.instance.id {config.instance_id!r} and took its partitions: each "
+                f"live worker needs its own instance_id (e.g. its pod name)")
+    if transactional_id is not None and (
+            code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                     KafkaError.INVALID_PRODUCER_EPOCH)
+            or (code == KafkaError._FATAL and "fenced" in text.lower())):
+        fix = (f"each live worker needs its own instance_id (this one has "
+               f"{config.instance_id!r})" if config.instance_id is not None
+               else f"two workers of group {config.group_id!r} run on hosts with the same "
+                    f"name ({socket.gethostname()}) and different temporary folders "
+                    f"(containers?): give each its own instance_id")
+        return (f"another worker started with this one's transactional.id "
+                f"{transactional_id!r} and fenced it: {fix}")
+    return None
 
 
 @dataclass
@@ -155,6 +296,7 @@ class Worker:
         # repeats them: an asynchronous commit may still be in the air at a stop.
         self._committed_async: dict[tuple[str, int], int] = {}
         self._error_logged: dict[str, float] = {}  # consumer error text → when logged
+        self._fenced = False  # another live worker took this one's id: it stops
         kafka = config.kafka
         consumer_conf: dict[str, Any] = {
             "session.timeout.ms": 45000,
@@ -179,9 +321,19 @@ class Worker:
             **kafka.producer,
             "bootstrap.servers": kafka.bootstrap_servers,
         }
+        if config.instance_id is not None:
+            # Static membership: a restarted member takes its partitions back at once,
+            # instead of the group waiting out the dead one's session.timeout.ms.
+            consumer_conf["group.instance.id"] = config.instance_id
+            log.info("static group membership: group.instance.id %s", config.instance_id)
+        self._transactional_id: TransactionalId | None = None
         if config.exactly_once:
-            producer_conf["transactional.id"] = f"{config.group_id}-{id(self)}-{time.time_ns()}"
+            # The same id after a restart: init_transactions() then fences the dead
+            # predecessor and aborts the transaction it left open.
+            self._transactional_id = claim_transactional_id(config)
+            producer_conf["transactional.id"] = self._transactional_id.value
             consumer_conf["isolation.level"] = "read_committed"
+            log.info("exactly-once: transactional.id %s", self._transactional_id.value)
         self.consumer = Consumer(consumer_conf)
         self.producer = Producer(producer_conf)
         if config.exactly_once:
@@ -237,12 +389,17 @@ class Worker:
             if last is not None:
                 self.finish_batch(last)
             self._commit_delivered(final=True)
-        except BaseException:
+        except BaseException as exc:
             # Batch k failed: k+1 must not be committed later (by on_revoke in close()),
             # or the restart would skip k.  Batches before k whose outputs are all
             # delivered may still be committed.
             self._in_flight = None
             self._commit_what_is_safe()
+            reason = fenced_reason(exc, self.config, self._transactional_id and
+                                   self._transactional_id.value)
+            if reason is not None:
+                self._fenced = True
+                raise IdentityError(reason) from exc
             raise
         finally:
             self.health.set_ready(False, "stopping")
@@ -252,10 +409,14 @@ class Worker:
     def _close(self) -> None:
         if self._pool is not None:
             self._pool.close()
-        remaining = self.producer.flush(self.config.shutdown_timeout_s)
+        # A fenced worker may commit nothing, and a fenced producer's next poll or flush
+        # would raise its fatal error again from inside the delivery callbacks.
+        remaining = 0 if self._fenced else self.producer.flush(self.config.shutdown_timeout_s)
         if remaining:
             log.error("%d produced records were not delivered before shutdown", remaining)
         self.consumer.close()
+        if self._transactional_id is not None:
+            self._transactional_id.release()
 
     # ------------------------------------------------------------------ rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -264,11 +425,13 @@ class Worker:
         self.health.set_ready(True)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The last moment the batch in flight may commit these partitions' offsets.
+        # The last moment the batch in flight may commit these partitions' offsets
+        # (none when another worker with this one's id has taken over).
         batch, self._in_flight = self._in_flight, None
         if batch is not None:
             self.finish_batch(batch)
-        self._commit_delivered(final=True)
+        if not self._fenced:
+            self._commit_delivered(final=True)
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         self.metrics.rebalances.labels(kind="revoke").inc()
         if not self._assigned:
@@ -302,7 +465,8 @@ class Worker:
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                if error.fatal() or message.offset() is not None:
+                if (error.fatal() or error.code() == KafkaError._FATAL
+                        or message.offset() is not None):
                     # The client is unusable, or a message at an offset could not be
                     # read: stop with nothing of this batch committed (a restart reads
                     # the message again) rather than step over an alert.
@@ -366,8 +530,10 @@ class Worker:
                     self._pending.expected = len(work) + len(dead)
                     self._unconfirmed.append((offsets, self._pending))
                     self._commit_delivered()
-        except BaseException:
-            if self.config.exactly_once:
+        except BaseException as exc:
+            if self.config.exactly_once and fenced_reason(
+                    exc, self.config, self._transactional_id and self._transactional_id.value
+            ) is None:  # a fenced producer aborts nothing: its successor has done it
                 self._abort_transaction()
             raise
 
@@ -377,6 +543,11 @@ class Worker:
         try:
             self.producer.abort_transaction(self.config.shutdown_timeout_s)
         except KafkaException as exc:
+            if fenced_reason(exc, self.config, self._transactional_id and
+                             self._transactional_id.value) is not None:
+                # The cause of the failure (a produce() of a fenced producer only says
+                # "fatal error"): another worker took this one's transactional.id.
+                raise
             log.error("could not abort the batch's transaction: %s", exc)
 
     def _classify_here(self, items: list[tuple[bytes, Source, int, int]]

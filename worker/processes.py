@@ -73,7 +73,7 @@ def die_with_parent(parent: int) -> Callable[[], None] | None:
 
 def child_environment(config: WorkerConfig, index: int,
                       base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of worker process ``index``: one process, its own metrics port.
+    """The environment of worker process ``index``: one process, its own port and id.
 
     Parameters
     ----------
@@ -87,15 +87,22 @@ def child_environment(config: WorkerConfig, index: int,
     Returns
     -------
     dict
-        ``base`` with ``processes`` set to 1 and ``metrics.port`` to ``port + index``
-        (0, the server off, stays 0), as environment overrides, which win over the file.
+        ``base`` with ``processes`` set to 1, ``metrics.port`` to ``port + index`` (0, the
+        server off, stays 0) and a set ``instance_id`` to ``<instance_id>-<index>`` (each
+        live member of a group needs its own), as environment overrides, which win over
+        the file.
     """
     from worker.config import ENV_PREFIX
 
     env = dict(os.environ if base is None else base)
     port = config.metrics.port + index if config.metrics.port else 0
-    env[f"{ENV_PREFIX}PROCESSES"] = "1"
-    env[f"{ENV_PREFIX}METRICS__PORT"] = str(port)
+    overrides = {f"{ENV_PREFIX}PROCESSES": "1", f"{ENV_PREFIX}METRICS__PORT": str(port)}
+    if config.instance_id is not None:
+        overrides[f"{ENV_PREFIX}INSTANCE_ID"] = f"{config.instance_id}-{index}"
+    # Variable names are case-insensitive: a parent's own spelling of one would clash.
+    for name in [name for name in env if name.upper() in overrides]:
+        del env[name]
+    env.update(overrides)
     return env
 
 

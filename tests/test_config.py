@@ -221,8 +221,10 @@ def test_example_file_loads_and_documents_every_key() -> None:
 
 
 def test_to_dict_loads_back_into_an_equal_config(tmp_path: Path, model_dir: Path) -> None:
+    # Without the secrets, which to_dict redacts (SASL/OAUTHBEARER needs none here).
     config = load_config(write(tmp_path / "w.yaml", FULL_YAML.replace(
         "sasl.password: 0123", "sasl.oauthbearer.method: default").replace(
+        "SCRAM-SHA-512", "OAUTHBEARER").replace("sasl.username: classifier", "").replace(
         "reader:s3cret@", "")), env={})
     again = load_config(write(tmp_path / "again.yaml", to_dict(config)), env={})
     assert again == config
@@ -607,3 +609,34 @@ def test_config_does_not_share_the_callers_dicts() -> None:
     assert config.consumer["session.timeout.ms"] == 1000
     topics = TopicsConfig(["a", "b"], "c", "d")  # type: ignore[arg-type]
     assert topics.input == ("a", "b")
+
+
+def test_librdkafka_judges_passthrough_names_and_values_with_the_other_problems(
+        tmp_path: Path) -> None:
+    path = write(tmp_path / "w.yaml", merged(MINIMAL, {
+        "batch": {"max_messages": 0},
+        "kafka": {"consumer": {"sesion.timeout.ms": 45000, "linger.ms": 5,
+                               "session.timeout.ms": "soon"},
+                  "producer": {"enable.idempotence": True, "acks": 1}}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    problems = dict(caught.value.problems)
+    assert "librdkafka has no such property" in problems['kafka.consumer["sesion.timeout.ms"]']
+    assert "move it to kafka.producer" in problems['kafka.consumer["linger.ms"]']
+    assert "Invalid value" in problems['kafka.consumer["session.timeout.ms"]']
+    assert "acks" in problems["kafka.producer"]
+    assert "batch.max_messages" in problems  # reported together, not one at a time
+
+
+def test_librdkafka_settings_that_need_each_other_are_judged_together() -> None:
+    KafkaConfig("k:1", consumer={"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+                                 "sasl.username": "u", "sasl.password": "p"})
+    with pytest.raises(ConfigError, match=r"kafka\.consumer: .*sasl"):
+        KafkaConfig("k:1", consumer={"security.protocol": "SASL_SSL",
+                                     "sasl.mechanism": "PLAIN"})
+
+
+def test_connect_timeout_must_be_positive() -> None:
+    assert KafkaConfig("k:1").connect_timeout_s == 30.0
+    with pytest.raises(ConfigError, match="kafka.connect_timeout_s"):
+        KafkaConfig("k:1", connect_timeout_s=0)

@@ -2,6 +2,9 @@
 
 Subcommands
 -----------
+topics [--config FILE]
+    Create (or ``--describe``) the input, label and dead-letter topics of a
+    configuration, sized for alerts; existing topics are left as they are.
 run [--config FILE]
     The streaming worker: consume alerts, publish labels, serve metrics, until SIGTERM
     (``processes: N`` runs N worker processes in the consumer group).
@@ -12,6 +15,8 @@ replay PATH... --topic T | --source-topic S --topic T
     Produce archived alerts (files, folders, ZTF nightly tar archives, Parquet tables,
     or a slice of another topic) to a topic, keyed by objectId, at a chosen rate or in
     bursts.
+labels --topic T
+    Print the label records of a topic as JSON lines or CSV.
 classify PATH...
     The worker's pipeline without Kafka: label records as JSON lines or CSV.  Exit
     status 0 when every input was read, 1 when some input is unreadable or not an alert
@@ -29,6 +34,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from worker.alerts import Alert, AlertDecoder
 from worker.commandline import (
@@ -118,7 +124,7 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     return 1 if failed else 0
 
 
-def run(config_path: str | None) -> int:
+def run(config_path: str | None, until_idle_s: float | None = None) -> int:
     """Run the streaming worker until SIGTERM/SIGINT (exit 0) or a failure (exit 1).
 
     With ``processes: N`` > 1 in the configuration, start N worker processes (each this
@@ -129,6 +135,8 @@ def run(config_path: str | None) -> int:
     config_path : str or None
         YAML configuration; None uses ``$STAMP_WORKER_CONFIG`` or the defaults, with
         ``STAMP_WORKER__SECTION__KEY`` environment overrides either way.
+    until_idle_s : float, optional
+        Stop cleanly (exit 0) once no message has arrived for this long [s].
 
     Returns
     -------
@@ -137,7 +145,7 @@ def run(config_path: str | None) -> int:
     """
     import logging
 
-    from worker.config import ConfigError, load_config, to_dict
+    from worker.config import ENV_BOOTSTRAP, ConfigError, load_config, to_dict
 
     # The pid tells the lines of several worker processes apart (``processes: N``).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -153,14 +161,19 @@ def run(config_path: str | None) -> int:
 
         log.info("starting %d worker processes", config.processes)
         command = [sys.executable, "-m", "worker.cli", "run"]
-        return supervise(config, command + (["--config", config_path] if config_path else []))
+        if config_path:
+            command += ["--config", config_path]
+        if until_idle_s is not None:
+            command += ["--until-idle", str(until_idle_s)]
+        return supervise(config, command)
     log.info("configuration: %s", to_dict(config))
 
     from prometheus_client import CollectorRegistry
 
+    from worker.identity import IdentityError
     from worker.metrics import HealthState, MetricsServer, WorkerMetrics
     from worker.model import ModelError, StampModel
-    from worker.pipeline import IdentityError, Worker
+    from worker.pipeline import Worker
     from worker.registry import ConfluentSchemaRegistry
 
     registry = CollectorRegistry()
@@ -172,6 +185,18 @@ def run(config_path: str | None) -> int:
         server.start()
         log.info("metrics on http://%s:%d/metrics", config.metrics.host, server.port)
     try:
+        # Before the model (5 s): a wrong address or a cluster that is down is named at
+        # once, in one line, instead of librdkafka retrying it forever.
+        from worker.cluster import ClusterError, check_reachable
+
+        health.set_ready(False, f"connecting to Kafka at {config.kafka.bootstrap_servers}")
+        try:
+            check_reachable("consumer", {**config.kafka.consumer,
+                                         "bootstrap.servers": config.kafka.bootstrap_servers},
+                            config.kafka.connect_timeout_s,
+                            what=f"kafka.bootstrap_servers (or {ENV_BOOTSTRAP})")
+        except ClusterError as exc:
+            raise SystemExit(f"stamp-worker run: {exc}") from exc
         try:
             model = StampModel.load(config.model_path)
         except ModelError as exc:
@@ -186,14 +211,31 @@ def run(config_path: str | None) -> int:
             log.info("consuming %s as group %s → labels %s, dead letters %s",
                      ",".join(config.topics.input), config.group_id, config.topics.output,
                      config.topics.dead_letter)
-            code = worker.run()
+            code = worker.run(until_idle_s)
         except IdentityError as exc:  # another live worker has this one's id
             raise SystemExit(f"stamp-worker run: {exc}") from exc
-        log.info("stopped cleanly")
+        log.info("stopped cleanly after %s", _processed(registry))
         return code
     finally:
         if server is not None:
             server.stop()
+
+
+def _processed(registry: Any) -> str:
+    """What the worker did, from its metrics: messages, labels by class, dead letters."""
+    totals: dict[str, float] = {}
+    by_class: list[str] = []
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and not sample.name.endswith("created"):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+                if sample.name == "stamp_worker_alerts_classified_total" and sample.value:
+                    by_class.append(f"{sample.labels['label']} {sample.value:.0f}")
+    consumed = totals.get("stamp_worker_alerts_consumed_total", 0.0)
+    labels = totals.get("stamp_worker_alerts_classified_total", 0.0)
+    dead = totals.get("stamp_worker_alerts_dead_lettered_total", 0.0)
+    return (f"{consumed:.0f} messages: {labels:.0f} labels"
+            + (f" ({', '.join(by_class)})" if by_class else "") + f", {dead:.0f} dead letters")
 
 
 PATHS_HELP = ("alert files (.avro), ZTF nightly archives (.tar.gz) and Parquet tables "
@@ -226,6 +268,9 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
                    help="librdkafka setting for the producer (and the source consumer), "
                    "e.g. -X security.protocol=SASL_SSL; repeatable")
+    p.add_argument("--connect-timeout", type=positive_float, default=30.0, metavar="S",
+                   help="seconds to wait for the cluster to answer before giving up "
+                   "(default 30)")
     p.add_argument("--source-topic", help="replay this topic's messages instead of files")
     p.add_argument("--from", dest="start", metavar="TIME",
                    help="ISO 8601 time (UTC unless an offset is given): only alerts from "
@@ -246,6 +291,54 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                    help="alerts held for --shuffle (default 10000, ≈ 0.7 GB of ZTF alerts)")
     p.add_argument("--seed", type=int, help="seed of --shuffle")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_topics(sub: argparse._SubParsersAction) -> None:
+    from worker import topics
+
+    p = sub.add_parser(
+        "topics", help="create (or describe) the input, label and dead-letter topics of a "
+        "configuration",
+        description="Create the topics a worker configuration names, sized for alerts "
+        "(max.message.bytes 16 MiB for the input and the dead letters), and print what the "
+        "cluster has. Existing topics are left as they are (differences are noted), so "
+        "running it again changes nothing. Exit status 0 when every topic exists.")
+    p.add_argument("--config", help="YAML configuration, as for run (default: "
+                   "$STAMP_WORKER_CONFIG); STAMP_WORKER__SECTION__KEY and "
+                   "KAFKA_BOOTSTRAP_SERVERS override it")
+    p.add_argument("--describe", action="store_true",
+                   help="only describe the topics; create nothing (exit 1 if one is missing)")
+    p.add_argument("--partitions", type=positive_int, default=topics.DEFAULT_PARTITIONS,
+                   help="partitions of the input and label topics, a multiple of the "
+                   "worker processes (default %(default)s)")
+    p.add_argument("--replication-factor", type=positive_int,
+                   help="replicas of each partition (default: 3, or the number of brokers "
+                   "if fewer)")
+    p.add_argument("--retention-days", type=positive_float,
+                   default=topics.DEFAULT_RETENTION_DAYS,
+                   help="how long the input and label topics keep messages "
+                   "(default %(default)g)")
+    p.add_argument("--dead-letter-retention-days", type=positive_float,
+                   default=topics.DEFAULT_DEAD_LETTER_RETENTION_DAYS,
+                   help="how long the dead-letter topic keeps messages (default %(default)g)")
+
+
+def _add_labels(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "labels", help="print the label records of a topic as JSON lines or CSV",
+        description="Read a label topic from its start to its end as seen at the start "
+        "(or --follow it) with a throw-away consumer group, and write its records as "
+        "classify does; a count per class goes to standard error.")
+    p.add_argument("--topic", required=True, help="label topic")
+    p.add_argument("-b", "--bootstrap-servers",
+                   help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="JSON lines (default) or CSV")
+    p.add_argument("--limit", type=positive_int, help="stop after this many records")
+    p.add_argument("--follow", action="store_true",
+                   help="keep printing new records until interrupted")
+    p.add_argument("--connect-timeout", type=positive_float, default=30.0, metavar="S",
+                   help="seconds to wait for the cluster to answer (default 30)")
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
@@ -311,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--config", help="YAML configuration (default: $STAMP_WORKER_CONFIG); "
                        "STAMP_WORKER__SECTION__KEY variables override it "
                        "(see deploy/worker.example.yaml)")
+    p_run.add_argument("--until-idle", type=positive_float, metavar="S",
+                       help="stop cleanly once no alert has arrived for S seconds (a "
+                       "replayed backlog drained); default: run until SIGTERM/SIGINT")
     p_demo = sub.add_parser(
         "demo", help="end to end on an embedded default: local broker, sample "
         "alerts, bundled model; prints labels and latencies",
@@ -327,8 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--timeout", type=positive_float, default=300.0, metavar="S",
                         help="give up waiting for the worker this many seconds after the "
                         "start")
+    _add_topics(sub)
     _add_replay(sub)
     _add_classify(sub)
+    _add_labels(sub)
     p_inspect = sub.add_parser(
         "inspect", help="decode + preprocess alert files, no Kafka",
         description="Decode and preprocess alert files, archives, Parquet tables or folders "
@@ -346,18 +444,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return run(args.config)
+            return run(args.config, args.until_idle)
         if args.command == "demo":
             return _demo(args.data, args.timeout)
         if args.command == "inspect":
             return inspect(args.paths, args.crop_size, args.non_square, args.quiet)
+        if args.command == "labels":
+            from worker.read_labels import labels_command
+
+            return labels_command(args.topic, args.bootstrap_servers, args.format,
+                                  args.limit, args.follow, args.connect_timeout,
+                                  sys.stdout, sys.stderr)
+        if args.command == "topics":
+            from worker.topics import topics_command
+
+            return topics_command(args.config, args.describe, args.partitions,
+                                  args.replication_factor, args.retention_days,
+                                  args.dead_letter_retention_days, sys.stdout)
         if args.command == "replay":
             from worker.replay import replay_command
 
             return replay_command(args.paths, args.topic, args.bootstrap_servers, args.X,
                                   args.source_topic, args.start, args.end, args.rate,
                                   args.burst, args.burst_interval, args.limit, args.shuffle,
-                                  args.shuffle_buffer, args.seed, args.quiet, sys.stderr)
+                                  args.shuffle_buffer, args.seed, args.quiet, sys.stderr,
+                                  args.connect_timeout)
         if args.command == "classify":
             from worker.classify import classify_command
 

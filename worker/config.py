@@ -543,24 +543,31 @@ class KafkaConfig:
     ----------
     bootstrap_servers : str
         Comma-separated ``host:port`` list (``kafka-1:9092,kafka-2:9092``).
+    connect_timeout_s : float
+        How long a command waits at start for the cluster to answer [s] before it stops
+        with a message naming the address (librdkafka itself would retry forever).
     consumer, producer : Mapping[str, str | int | float | bool]
         librdkafka properties for the consumer and the producer (``security.protocol``,
         ``sasl.*``, ``ssl.*``, ``session.timeout.ms``...). Stored read-only. Not allowed:
         ``bootstrap.servers`` and ``group.id`` (they come from the typed fields),
         ``enable.auto.commit: true`` (the worker commits an offset only once the labels of
         its batch are delivered), ``enable.partition.eof``, ``group.instance.id`` and
-        ``transactional.id`` (see ``instance_id`` and ``exactly_once``).
+        ``transactional.id`` (see ``instance_id`` and ``exactly_once``).  Names and
+        values are checked by librdkafka itself when the configuration is loaded, and a
+        property of the other client is refused.
     """
 
     bootstrap_servers: str
+    connect_timeout_s: float = 30.0
     consumer: Mapping[str, Any] = field(default_factory=dict)
     producer: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = _Checks(self, "kafka")
         checks.field("bootstrap_servers", _bootstrap_servers)
+        checks.field("connect_timeout_s", _number, positive=True)
         consumer = checks.passthrough("consumer", _CONSUMER_OWNED)
-        checks.passthrough("producer", _PRODUCER_OWNED)
+        producer = checks.passthrough("producer", _PRODUCER_OWNED)
         if _valid(consumer):
             # auto.commit.enable is librdkafka's old (topic-level) name for the same thing.
             for key in ("enable.auto.commit", "auto.commit.enable"):
@@ -568,6 +575,14 @@ class KafkaConfig:
                     checks.add("must not be true: the worker commits an offset only after "
                                "the labels of its batch are delivered, automatic commits "
                                "would lose alerts on a crash; remove it", "consumer", key)
+        # librdkafka itself judges names and values (a typo would otherwise surface as
+        # a traceback once the model has loaded); no connection is made.
+        from worker.cluster import property_problems
+
+        for role, settings in (("consumer", consumer), ("producer", producer)):
+            if _valid(settings):
+                for key, message in property_problems(role, settings):  # type: ignore[arg-type]
+                    checks.add(message, role, key)
         checks.done()
 
     def __repr__(self) -> str:
@@ -575,7 +590,8 @@ class KafkaConfig:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy cannot be pickled or deep-copied; rebuild from plain dicts.
-        return (type(self), (self.bootstrap_servers, dict(self.consumer), dict(self.producer)))
+        return (type(self), (self.bootstrap_servers, self.connect_timeout_s,
+                             dict(self.consumer), dict(self.producer)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from worker import devbroker
@@ -35,6 +34,7 @@ from worker.pipeline import Worker
 from worker.replay import Pacer, make_producer, replay
 from worker.replay import format_summary as format_replay
 from worker.sources import Payload, iter_payloads
+from worker.topics import admin_client, ensure_topics, specs_for
 
 PARTITIONS = 3
 
@@ -85,7 +85,8 @@ def run_demo(timeout_s: float = 300.0, data_dir: Path | None = None) -> int:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     workdir = Path(tempfile.mkdtemp(prefix="stamp-demo-"))
     if not bootstrap:
-        print("starting the local Kafka broker (first run: Maven resolves its jars)...")
+        first = "" if devbroker.classpath_cached() else " (first run: Maven resolves its jars)"
+        print(f"starting the local Kafka broker{first}...")
         broker = devbroker.start(workdir / "kafka")
         bootstrap = broker.bootstrap_servers
     print(f"broker: {bootstrap}")
@@ -105,12 +106,10 @@ def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: fl
     suffix = uuid.uuid4().hex[:8]
     topics = {"input": f"demo-alerts-{suffix}", "output": f"demo-labels-{suffix}",
               "dead": f"demo-dead-letter-{suffix}"}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([
-        NewTopic(topics["input"], PARTITIONS, 1), NewTopic(topics["output"], 1, 1),
-        NewTopic(topics["dead"], 1, 1)])
-    for future in futures.values():
-        future.result(30)
+    # As `stamp-worker topics` makes them for a configuration.
+    ensure_topics(admin_client(bootstrap), specs_for(
+        [topics["input"]], topics["output"], topics["dead"], brokers=1,
+        partitions=PARTITIONS, retention_days=1, dead_letter_retention_days=1))
     pacer = Pacer()
     sent = replay(payloads, make_producer({"bootstrap.servers": bootstrap}), topics["input"],
                   pacer)

@@ -111,6 +111,26 @@ def _find_mvn() -> str:
     return mvn
 
 
+def _classpath_file(pom: Path, cache_dir: Path) -> Path:
+    return cache_dir / f"classpath-{hashlib.sha256(pom.read_bytes()).hexdigest()[:16]}.txt"
+
+
+def _cached_classpath(cached: Path) -> str | None:
+    """The cached classpath when every jar it lists is still there."""
+    if cached.is_file():
+        classpath = cached.read_text().strip()
+        if classpath and all(Path(jar).is_file() for jar in classpath.split(os.pathsep)):
+            return classpath
+    return None
+
+
+def classpath_cached(pom: Path | None = None, cache_dir: Path | None = None) -> bool:
+    """Whether the broker can start without Maven (its jars resolved and still there)."""
+    pom = Path(pom or POM)
+    return pom.is_file() and _cached_classpath(
+        _classpath_file(pom, Path(cache_dir or CACHE_DIR))) is not None
+
+
 def resolve_classpath(pom: Path | None = None, cache_dir: Path | None = None) -> str:
     """Return the broker's Java classpath, resolving it with Maven only when not cached.
 
@@ -141,15 +161,13 @@ def resolve_classpath(pom: Path | None = None, cache_dir: Path | None = None) ->
         raise DevBrokerError(
             f"{pom} not found: the broker's jars are listed there. Run from a checkout of the "
             "repository, or set STAMP_KAFKA_POM to that file.")
-    key = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
-    cached = cache_dir / f"classpath-{key}.txt"
-    if cached.is_file():
-        classpath = cached.read_text().strip()
-        if classpath and all(Path(jar).is_file() for jar in classpath.split(os.pathsep)):
-            return classpath
+    cached = _classpath_file(pom, cache_dir)
+    classpath = _cached_classpath(cached)
+    if classpath:
+        return classpath
     mvn = _find_mvn()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir / f".classpath-{key}.{os.getpid()}.tmp"
+    partial = cache_dir / f".{cached.stem}.{os.getpid()}.tmp"
     command = [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom),
                "dependency:build-classpath", "-Dmdep.includeScope=runtime",
                f"-Dmdep.outputFile={partial}"]

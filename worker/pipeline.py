@@ -37,29 +37,26 @@ The only module that knows Kafka's commit rules:
 
 from __future__ import annotations
 
-import fcntl
 import gc
-import hashlib
+import json
 import logging
 import math
-import os
 import signal
-import socket
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.alerts import AlertDecoder
-from worker.config import MAX_PROCESSES, WorkerConfig
+from worker.cluster import librdkafka_logger, same_kind
+from worker.config import WorkerConfig
 from worker.decodepool import DecodePool, refusal_to_rejected
+from worker.identity import IdentityError, TransactionalId, claim_transactional_id, fenced_reason
 from worker.labeller import Labeller, Outcome, Rejected, Work
 from worker.metrics import HealthState, WorkerMetrics, jd_to_unix
 from worker.model import StampModel
@@ -77,9 +74,6 @@ DECODE_CHUNK = 128
 MAX_UNCONFIRMED = 4
 # Seconds between two log lines for the same recoverable consumer error.
 CONSUMER_ERROR_LOG_S = 60.0
-# Default transactional.id slots of one group on one host (claim_transactional_id): room
-# for several commands of MAX_PROCESSES processes each.
-TRANSACTIONAL_SLOTS = 4 * MAX_PROCESSES
 
 
 class DeliveryError(RuntimeError):
@@ -88,138 +82,6 @@ class DeliveryError(RuntimeError):
 
 class CommitError(RuntimeError):
     """The broker refused an offset commit."""
-
-
-class IdentityError(RuntimeError):
-    """The worker's member or transactional id is, or would be, another live worker's."""
-
-
-@dataclass
-class TransactionalId:
-    """A producer's ``transactional.id``, and the lock that keeps it to one live process.
-
-    Attributes
-    ----------
-    value : str
-        The id.
-    lock : file or None
-        The open, ``flock``-ed slot file of a default id; None for one from
-        ``instance_id`` or where no lock could be taken.
-    """
-
-    value: str
-    lock: IO[str] | None = None
-
-    def release(self) -> None:
-        """Give the id up (closing the file releases the lock)."""
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
-
-
-def claim_transactional_id(config: WorkerConfig,
-                           lock_dir: Path | None = None) -> TransactionalId:
-    """The producer's ``transactional.id``: the same after a restart, one per live worker.
-
-    A restarted worker that initializes its predecessor's id fences it: the broker aborts
-    the transaction a killed predecessor left open at once, instead of holding back
-    read_committed readers of the labels until ``transaction.timeout.ms`` (60 s by
-    default) has passed.
-
-    Parameters
-    ----------
-    config : WorkerConfig
-        ``group_id`` and ``instance_id``.
-    lock_dir : Path, optional
-        Folder of the slot lock files; default the system's temporary folder.
-
-    Returns
-    -------
-    TransactionalId
-        ``<group_id>-<instance_id>`` when ``instance_id`` is set (keeping it unique among
-        live workers is the operator's part; it is the group's static member id too).
-        Otherwise ``<group_id>-<host name>-<slot>``: the slot is the lowest one of this
-        group on this host whose lock file no live process holds.  The kernel releases
-        an ``flock`` when its process dies, SIGKILL included, so two live workers on one
-        host never share an id, and a worker restarted on the host takes a slot that a
-        dead predecessor left.
-
-    Raises
-    ------
-    IdentityError
-        Every slot is held by a live worker.
-    """
-    if config.instance_id is not None:
-        return TransactionalId(f"{config.group_id}-{config.instance_id}")
-    host = socket.gethostname()
-    folder = Path(tempfile.gettempdir()) if lock_dir is None else lock_dir
-    digest = hashlib.sha1(f"{config.group_id}\0{host}".encode()).hexdigest()[:16]
-    for slot in range(TRANSACTIONAL_SLOTS):
-        value = f"{config.group_id}-{host}-{slot}"
-        try:
-            lock = open(folder / f"stamp-worker-txn-{digest}-{slot}.lock", "a+",  # noqa: SIM115
-                        encoding="utf-8")
-        except PermissionError:  # another user's: that slot is not ours to judge
-            continue
-        except OSError as exc:
-            log.warning("cannot keep the transactional.id %r to this process (%s): two "
-                        "workers of group %s on this host would fence each other; give "
-                        "each its own instance_id", value, exc, config.group_id)
-            return TransactionalId(value)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by a live worker
-            lock.close()
-            continue
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()} {value}\n")  # for whoever looks
-        lock.flush()
-        return TransactionalId(value, lock)
-    raise IdentityError(f"all {TRANSACTIONAL_SLOTS} transactional.id slots of group "
-                        f"{config.group_id!r} on host {host} are held by live workers; stop "
-                        f"some, or give each its own instance_id")
-
-
-def fenced_reason(error: BaseException, config: WorkerConfig,
-                  transactional_id: str | None) -> str | None:
-    """What to tell the operator when ``error`` means another worker took this one's place.
-
-    Parameters
-    ----------
-    error : BaseException
-        What stopped the worker.
-    config : WorkerConfig
-        ``group_id`` and ``instance_id``, for the message.
-    transactional_id : str or None
-        The producer's id (``exactly_once``).
-
-    Returns
-    -------
-    str or None
-        One line naming the cause and the fix; None for any other error.
-    """
-    if not (isinstance(error, KafkaException) and error.args
-            and isinstance(error.args[0], KafkaError)):
-        return None
-    code, text = error.args[0].code(), error.args[0].str()
-    if code == KafkaError.FENCED_INSTANCE_ID or (code == KafkaError._FATAL
-                                                 and "group.instance.id" in text):
-        return (f"another worker joined group {config.group_id!r} with this one's "
-                f"group.instance.id {config.instance_id!r} and took its partitions: each "
-                f"live worker needs its own instance_id (e.g. its pod name)")
-    if transactional_id is not None and (
-            code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                     KafkaError.INVALID_PRODUCER_EPOCH)
-            or (code == KafkaError._FATAL and "fenced" in text.lower())):
-        fix = (f"each live worker needs its own instance_id (this one has "
-               f"{config.instance_id!r})" if config.instance_id is not None
-               else f"two workers of group {config.group_id!r} run on hosts with the same "
-                    f"name ({socket.gethostname()}) and different temporary folders "
-                    f"(containers?): give each its own instance_id")
-        return (f"another worker started with this one's transactional.id "
-                f"{transactional_id!r} and fenced it: {fix}")
-    return None
 
 
 @dataclass
@@ -250,6 +112,16 @@ class _Batch:
 def _next_offsets(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
     """What to commit for the last processed offset of each partition: ``offset + 1``."""
     return [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+
+
+def _some_broker_up(stats_json: str) -> bool:
+    """Whether a librdkafka statistics document shows a broker in state ``UP``."""
+    try:
+        brokers = json.loads(stats_json).get("brokers", {})
+        return any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0
+                   for b in brokers.values())
+    except (ValueError, AttributeError):
+        return False
 
 
 def _source(message: Message) -> Source:
@@ -295,7 +167,8 @@ class Worker:
         # Offsets committed asynchronously since the last synchronous commit, which
         # repeats them: an asynchronous commit may still be in the air at a stop.
         self._committed_async: dict[tuple[str, int], int] = {}
-        self._error_logged: dict[str, float] = {}  # consumer error text → when logged
+        self._error_logged: dict[str, float] = {}  # consumer error kind → when logged
+        self._cluster_down = False  # librdkafka said all brokers are down; not yet back
         self._fenced = False  # another live worker took this one's id: it stops
         kafka = config.kafka
         consumer_conf: dict[str, Any] = {
@@ -309,8 +182,12 @@ class Worker:
             "group.id": config.group_id,
             "enable.auto.commit": False,
             "enable.partition.eof": False,
-            "stats_cb": metrics.update_from_librdkafka_stats,
+            "stats_cb": self._on_stats,
             "on_commit": self._on_commit,
+            # Without an error_cb librdkafka's client-level errors (all brokers down)
+            # reach no one; its log goes through Python logging, rate-limited.
+            "error_cb": self._consumer_error,
+            "logger": librdkafka_logger(),
         }
         producer_conf: dict[str, Any] = {
             "linger.ms": 5,
@@ -320,6 +197,8 @@ class Worker:
             "enable.idempotence": True,
             **kafka.producer,
             "bootstrap.servers": kafka.bootstrap_servers,
+            "error_cb": self._producer_error,
+            "logger": librdkafka_logger(),
         }
         if config.instance_id is not None:
             # Static membership: a restarted member takes its partitions back at once,
@@ -353,11 +232,17 @@ class Worker:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
-    def run(self) -> int:
+    def run(self, until_idle_s: float | None = None) -> int:
         """Run until stopped; return the exit status (0 after a clean stop).
 
         Failures (broker, model, registry, delivery, commit) propagate after the
         consumer is closed without committing the failed batch.
+
+        Parameters
+        ----------
+        until_idle_s : float, optional
+            Also stop cleanly once partitions are assigned and no message has arrived
+            for this long [s]: a backlog (a replayed night) drained, then exit 0.
         """
         self.consumer.subscribe(list(self.config.topics.input), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -368,6 +253,7 @@ class Worker:
         # them out of the collector's scans (reference counting still frees them).
         gc.collect()
         gc.freeze()
+        last_message = time.monotonic()
         try:
             while not self._stop.is_set():
                 # With a batch in flight, take only what is already fetched: waiting
@@ -375,6 +261,11 @@ class Worker:
                 messages = self.consumer.consume(self.config.batch.max_messages,
                                                  0 if self._in_flight else timeout)
                 self.health.beat()
+                if messages or not self._assigned:
+                    last_message = time.monotonic()
+                elif until_idle_s is not None and time.monotonic() - last_message >= until_idle_s:
+                    log.info("no message for %g s: stopping (--until-idle)", until_idle_s)
+                    self._stop.set()
                 if self._unconfirmed:
                     # Idle or not, delivered batches get committed (this polls too).
                     self._commit_delivered()
@@ -422,6 +313,7 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
         self.metrics.rebalances.labels(kind="assign").inc()
+        self._cluster_down = False  # the group coordinator just answered
         self.health.set_ready(True)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -457,6 +349,7 @@ class Worker:
         when there are some; nothing is produced or committed yet.
         """
         consumed_at_ms = int(time.time() * 1000)
+        self._cluster_back()
         self.metrics.observe_batch(len(messages))
         offsets: dict[tuple[str, int], int] = {}
         items: list[tuple[bytes, Source, int, int]] = []
@@ -489,18 +382,53 @@ class Worker:
         """Count, log and show an error that librdkafka recovers from by itself.
 
         Such errors are an input topic that does not exist yet or is not authorized, or
-        brokers down.  Each kind is logged at most once a minute and shown by
-        ``/readyz`` while no partition is assigned.  Stopping instead would turn a topic
-        created a moment after the worker into a crash loop.
+        brokers down (these come through ``error_cb``).  Each kind is logged at most
+        once a minute and shown by ``/readyz`` while no partition is assigned, or while
+        every broker is down.  Stopping instead would turn a topic created a moment
+        after the worker, or a broker restart, into a crash loop.
+
+        A fatal error (this static member fenced by another with its id) is raised
+        instead: the consumer is unusable, and waiting would hide it.
         """
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            raise KafkaException(error)
         self.metrics.consumer_errors.labels(error=error.name()).inc()
-        now = time.monotonic()
-        if now - self._error_logged.get(error.str(), -math.inf) >= CONSUMER_ERROR_LOG_S:
-            self._error_logged[error.str()] = now
-            log.warning("consumer: %s (retrying; repeats are counted in "
-                        "stamp_worker_consumer_errors_total)", error.str())
+        self._client_error("consumer", error)
         if not self._assigned:
             self.health.set_ready(False, f"no partitions assigned: {error.str()}")
+
+    def _producer_error(self, error: KafkaError) -> None:
+        """The producer's client-level errors (brokers down): logged and shown alike.
+
+        A fatal one (the idempotent producer's state lost) also fails the next delivery
+        or flush, which stops the worker with nothing of the batch committed.
+        """
+        self._client_error("producer", error)
+
+    def _client_error(self, role: str, error: KafkaError) -> None:
+        now = time.monotonic()
+        kind = f"{role}:{same_kind(error.str())}"
+        if now - self._error_logged.get(kind, -math.inf) >= CONSUMER_ERROR_LOG_S:
+            self._error_logged[kind] = now
+            log.warning("%s: %s (librdkafka retries; repeats are counted in "
+                        "stamp_worker_consumer_errors_total)", role, error.str())
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._cluster_down = True
+            self.health.set_ready(False, f"cannot reach Kafka at "
+                                  f"{self.config.kafka.bootstrap_servers}: {error.str()}")
+
+    def _cluster_back(self) -> None:
+        """Messages or a broker seen again after an outage: ready if partitions are."""
+        if self._cluster_down:
+            self._cluster_down = False
+            log.info("Kafka at %s reachable again", self.config.kafka.bootstrap_servers)
+            if self._assigned:
+                self.health.set_ready(True)
+
+    def _on_stats(self, stats_json: str) -> None:
+        self.metrics.update_from_librdkafka_stats(stats_json)
+        if self._cluster_down and _some_broker_up(stats_json):
+            self._cluster_back()
 
     def finish_batch(self, batch: _Batch) -> None:
         """Classify, publish and commit a batch from :meth:`start_batch` (all or nothing)."""

@@ -27,6 +27,13 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from worker.alerts import Alert, AlertDecoder
+from worker.cluster import (
+    ClusterError,
+    check_reachable,
+    command_logging,
+    librdkafka_logger,
+    property_problems,
+)
 from worker.metrics import jd_to_unix
 from worker.sources import Payload
 
@@ -386,8 +393,11 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
                    settings: Sequence[str], source_topic: str | None, start: str | None,
                    end: str | None, rate: float | None, burst: int | None, interval: float,
                    limit: int | None, shuffle: bool, shuffle_buffer: int, seed: int | None,
-                   quiet: bool, err: TextIO) -> int:
+                   quiet: bool, err: TextIO, connect_timeout_s: float = 30.0) -> int:
     """Run ``stamp-worker replay``; returns the exit status.
+
+    The cluster is asked for its metadata first, for at most ``connect_timeout_s``
+    seconds: an address where no broker answers stops the command with one line.
 
     Returns
     -------
@@ -414,6 +424,8 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
         extra = parse_settings(settings)
         if limit is not None and limit < 0:
             raise ValueError(f"--limit must be ≥ 0, got {limit}")
+        if not connect_timeout_s > 0:
+            raise ValueError(f"--connect-timeout must be > 0 s, got {connect_timeout_s}")
         files = expand_paths(paths) if paths else []
     except (ValueError, SourceError) as exc:
         raise fail(str(exc)) from exc
@@ -421,6 +433,17 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
         raise fail(f"--to ({end}) must be later than --from ({start})")
     summary_unreadable: list[tuple[str, str]] = []
     base = {**extra, "bootstrap.servers": bootstrap}
+    command_logging()
+    refused = property_problems("producer", extra, other_role=True)
+    if refused:
+        key, message = refused[0]
+        raise fail(f"-X {key}: {message}" if key else f"-X settings: {message}")
+    try:
+        check_reachable("producer", base, connect_timeout_s,
+                        what="--bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
+    except ClusterError as exc:
+        raise fail(str(exc)) from exc
+    base["logger"] = librdkafka_logger()
     topic_slice = None
     if source_topic:
         topic_slice = TopicSlice(base, source_topic, start_ms, end_ms)

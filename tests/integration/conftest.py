@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from worker import devbroker
+from worker.topics import TopicSpec, ensure_topics
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +55,9 @@ def topic_factory(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
     def make(prefix: str = "test", partitions: int = 1,
              config: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        futures = kafka_admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1,
-                      config=config or {})],
-            operation_timeout=10, request_timeout=15)
-        futures[name].result(timeout=20)
+        # Made as `stamp-worker topics` makes topics.
+        ensure_topics(kafka_admin, [TopicSpec(name, prefix, partitions, 1, config or {})],
+                      timeout_s=20)
         created.append(name)
         return name
 

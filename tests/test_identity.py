@@ -1,4 +1,4 @@
-"""worker.pipeline without a broker: the worker's transactional.id and fencing messages.
+"""worker.identity without a broker: the worker's transactional.id and fencing messages.
 
 The loop itself runs against a real broker in tests/integration/test_pipeline.py and
 tests/integration/test_restarts.py.
@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from worker.config import KafkaConfig, TopicsConfig, WorkerConfig
-from worker.pipeline import claim_transactional_id, fenced_reason
+from worker.identity import claim_transactional_id, fenced_reason
 
 
 def config(group: str = "labels", instance_id: str | None = None) -> WorkerConfig:
@@ -50,7 +50,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from worker.config import KafkaConfig, TopicsConfig, WorkerConfig
-from worker.pipeline import claim_transactional_id
+from worker.identity import claim_transactional_id
 config = WorkerConfig(kafka=KafkaConfig("k:9092"), topics=TopicsConfig(("a",), "l", "d"),
                       group_id="labels", exactly_once=True)
 claimed = claim_transactional_id(config, Path(sys.argv[1]))  # held while it lives

@@ -1,0 +1,163 @@
+"""Resident memory of one ``stamp-worker run`` process while it drains a backlog.
+
+What an operator sees in ``ps`` or in a pod's memory graph: a real ``stamp-worker run``
+command (one process, the bundled model or ``--model``) is started on a topic holding
+``--backlog`` alerts (the single-alert ZTF files of ``../shared/data`` cycled, or built
+ones) and its ``VmRSS`` (plus its decode helpers', with ``--decode-processes``) is read
+from ``/proc`` every 0.2 s: before it consumes (model loaded, TensorFlow imported), then
+after each quarter of the backlog, and at its peak (``VmHWM``).  The same is then done
+for a bare ``python -c "import tensorflow"`` and for loading the model without Kafka, to
+split the figure into interpreter + TensorFlow, the model, and the streaming itself.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_memory.py [--backlog 20000] [--decode-processes 0 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from common import broker_for_run, children, data_dir, delete_topics, load_alerts
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+PARTITIONS = 4
+SAMPLE_S = 0.2
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A ``/proc/<pid>/status`` memory field [MiB] (0 when the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def committed(consumer: Consumer, topic: str) -> int:
+    parts = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], 10)
+    return sum(max(tp.offset, 0) for tp in parts)
+
+
+def fill(bootstrap: str, topic: str, alerts: list[bytes], n: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "message.max.bytes": 16 * 1024 * 1024})
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(topic, alerts[i % len(alerts)], key=str(i).encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    producer.flush(120)
+
+
+def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: int,
+          model: str | None) -> dict[str, float]:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"input": f"mem-alerts-{suffix}", "output": f"mem-labels-{suffix}",
+              "dead": f"mem-dead-{suffix}"}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topics["input"], PARTITIONS, 1),
+                                       NewTopic(topics["output"], PARTITIONS, 1),
+                                       NewTopic(topics["dead"], 1, 1)]).values():
+        future.result(30)
+    fill(bootstrap, topics["input"], alerts, backlog)
+    group = f"mem-{suffix}"
+    config = Path(tempfile.mkdtemp()) / "w.yaml"
+    config.write_text(
+        f"kafka: {{bootstrap_servers: '{bootstrap}'}}\n"
+        f"topics: {{input: {topics['input']}, output: {topics['output']}, "
+        f"dead_letter: {topics['dead']}}}\ngroup_id: {group}\n"
+        f"batch: {{decode_processes: {decode_processes}}}\nmetrics: {{port: 0}}\n"
+        + (f"model_path: {model}\n" if model else ""))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAMP_WORKER")}
+    worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config",
+                               str(config)], env=env, stderr=subprocess.PIPE, text=True)
+    check = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    out: dict[str, float] = {}
+    marks = [backlog // 4, backlog // 2, 3 * backlog // 4, backlog]
+    try:
+        # Ready to consume: the log line after the model load and warm-up.
+        for line in worker.stderr:  # type: ignore[union-attr]
+            if "consuming" in line:
+                break
+        time.sleep(0.5)
+
+        def total() -> float:
+            return rss_mib(worker.pid) + sum(rss_mib(c) for c in children(worker.pid))
+
+        out["loaded"] = total()
+        out["helpers_loaded"] = sum(rss_mib(c) for c in children(worker.pid))
+        peak = out["loaded"]
+        start = time.monotonic()
+        while marks and time.monotonic() - start < 600:
+            peak = max(peak, total())
+            done = committed(check, topics["input"])
+            while marks and done >= marks[0]:
+                out[f"after {marks[0]}"] = total()
+                marks.pop(0)
+            time.sleep(SAMPLE_S)
+        out["drain_s"] = time.monotonic() - start
+        out["peak sampled"] = peak
+        out["VmHWM worker"] = rss_mib(worker.pid, "VmHWM")
+    finally:
+        check.close()
+        worker.terminate()
+        worker.wait(60)
+        delete_topics(admin, topics)
+    return out
+
+
+def baseline(model: str | None) -> dict[str, float]:
+    """Resident memory of the pieces: Python + TensorFlow, and + the model loaded."""
+    code = ("import os,sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','2');"
+            "import tensorflow, keras;"
+            "rss=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmRSS')]"
+            "[0].split()[1])/1024; a=rss();"
+            "from worker.model import StampModel; m=StampModel.load(sys.argv[1] or None);"
+            "m.warm_up(256); print(a, rss())")
+    done = subprocess.run([sys.executable, "-c", code, model or ""], capture_output=True,
+                          text=True, check=True)
+    tf_only, with_model = map(float, done.stdout.split())
+    return {"python + tensorflow": tf_only, "+ model loaded, batch shapes traced": with_model}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backlog", type=int, default=20_000, help="alerts to drain")
+    parser.add_argument("--decode-processes", type=int, nargs="+", default=[0, 2],
+                        help="batch.decode_processes values to measure (default 0 2)")
+    parser.add_argument("--model", help="model artifact (default: the bundled model)")
+    parser.add_argument("--data", type=Path, help="data folder (default ../shared/data)")
+    args = parser.parse_args()
+    alerts, described = load_alerts(data_dir(args.data))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"input: {described}, cycled to {args.backlog} alerts")
+    parts = baseline(args.model)
+    for name, value in parts.items():
+        print(f"{name:<40}{value:8.0f} MiB")
+    with broker_for_run("stamp-mem-") as (bootstrap, _, _):
+        for helpers in args.decode_processes:
+            row = drain(bootstrap, alerts, args.backlog, helpers, args.model)
+            print(f"\nstamp-worker run, batch.decode_processes {helpers} "
+                  f"({row.pop('drain_s'):.1f} s drain) [MiB, worker + helpers]")
+            for name, value in row.items():
+                print(f"  {name:<38}{value:8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

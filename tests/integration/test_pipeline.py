@@ -452,7 +452,10 @@ def test_metrics_move_during_a_run(kafka_bootstrap: str, topics: dict, model_dir
                 time.sleep(0.3)
                 continue
             samples.append(text)
-            if "stamp_worker_alerts_consumed_total 301.0" in text:
+            # Consumed is counted when a batch is taken in, dead letters when it is
+            # finished (batches overlap by one): wait for both.
+            if ("stamp_worker_alerts_consumed_total 301.0" in text
+                    and 'dead_lettered_total{reason="unknown_format"} 1.0' in text):
                 break
             time.sleep(0.3)
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status

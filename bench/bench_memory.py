@@ -135,6 +135,17 @@ def baseline(model: str | None) -> dict[str, float]:
     return {"python + tensorflow": tf_only, "+ model loaded, batch shapes traced": with_model}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backlog", type=int, default=20_000, help="alerts to drain")
@@ -144,7 +155,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="data folder (default ../shared/data)")
     args = parser.parse_args()
     alerts, described = load_alerts(data_dir(args.data))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; "
           f"input: {described}, cycled to {args.backlog} alerts")
     parts = baseline(args.model)
     for name, value in parts.items():

@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from worker import devbroker
+from worker.cluster import command_logging, librdkafka_logger
 from worker.config import MetricsConfig, TopicsConfig, default_config
 from worker.metrics import HealthState, MetricsServer, WorkerMetrics
 from worker.model import StampModel
@@ -79,6 +80,7 @@ def run_demo(timeout_s: float = 300.0, data_dir: Path | None = None) -> int:
         ``$STAMP_DATA_DIR``, else ``../shared/data``; simulated alerts when none exists).
     """
     started = time.monotonic()
+    command_logging()  # librdkafka: its errors only, as lines of Python logging
     payloads, described = sample_alerts(data_dir if data_dir is not None else _data_dir())
     print(f"input: {described}")
     broker = None
@@ -111,7 +113,8 @@ def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: fl
         [topics["input"]], topics["output"], topics["dead"], brokers=1,
         partitions=PARTITIONS, retention_days=1, dead_letter_retention_days=1))
     pacer = Pacer()
-    sent = replay(payloads, make_producer({"bootstrap.servers": bootstrap}), topics["input"],
+    sent = replay(payloads, make_producer({"bootstrap.servers": bootstrap,
+                                           "logger": librdkafka_logger()}), topics["input"],
                   pacer)
     print(format_replay(sent, topics["input"], pacer))
     if sent.failed:
@@ -132,7 +135,8 @@ def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: fl
     thread = threading.Thread(target=worker.run, daemon=True)
     run_start = time.monotonic()
     thread.start()
-    check = Consumer({"bootstrap.servers": bootstrap, "group.id": config.group_id})
+    check = Consumer({"bootstrap.servers": bootstrap, "group.id": config.group_id,
+                      "logger": librdkafka_logger()})
     try:
         while time.monotonic() - started < timeout_s:
             done = check.committed([TopicPartition(topics["input"], p)
@@ -180,6 +184,7 @@ def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: fl
 
 def _read(bootstrap: str, topic: str) -> list:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4()}",
+                         "logger": librdkafka_logger(),
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "fetch.max.bytes": 64 * 1024 * 1024,
                          "max.partition.fetch.bytes": 16 * 1024 * 1024})

@@ -65,6 +65,7 @@ from typing import Any  # noqa: E402
 
 import fastavro  # noqa: E402
 import numpy as np  # noqa: E402
+from common import cpu_model  # noqa: E402
 
 from worker.alerts import CUTOUT_FIELDS, Alert, AlertDecoder  # noqa: E402
 from worker.errors import AlertError, Reason  # noqa: E402
@@ -267,17 +268,6 @@ def time_stage(func: Callable[[], object], repeat: int) -> float:
         finally:
             gc.enable()
     return statistics.median(times)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` otherwise)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

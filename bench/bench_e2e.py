@@ -47,6 +47,7 @@ from common import (
     CpuSampler,
     broker_for_run,
     children,
+    cpu_model,
     data_dir,
     delete_topics,
     load_alerts,
@@ -336,10 +337,7 @@ def main() -> int:
         lat = latency(bootstrap, admin, alerts, args.rate, args.duration, workdir,
                       args.max_messages, args.max_wait_ms, args.workers,
                       args.producer_linger_ms)
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    print(f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; input: "
+    print(f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}; input: "
           f"{described}; {args.workers} command(s) of {args.processes} worker process(es) "
           f"with {args.decode_processes} decode helper(s), {PARTITIONS} input partitions, "
           f"batch ≤ {args.max_messages} messages / {args.max_wait_ms} ms; offering "

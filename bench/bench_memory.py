@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import broker_for_run, children, data_dir, delete_topics, load_alerts
+from common import broker_for_run, children, cpu_model, data_dir, delete_topics, load_alerts
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -133,17 +132,6 @@ def baseline(model: str | None) -> dict[str, float]:
                           text=True, check=True)
     tf_only, with_model = map(float, done.stdout.split())
     return {"python + tensorflow": tf_only, "+ model loaded, batch shapes traced": with_model}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -164,3 +165,14 @@ class CpuSampler:
             return {}
         (t0, first), (t1, last) = inside[0], inside[-1]
         return {name: (last[name] - first[name]) / (t1 - t0) for name in first}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` otherwise)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -14,6 +14,11 @@ Two measurements, each with fresh topics and a worker started as its own process
    label reached a consumer − the time its alert was produced (the alert's Kafka
    CreateTime, set by the producer). Reports p50/p99/max and the rate achieved.
 
+Also printed: the CPU time per alert of the worker(s) and of the broker while draining
+(cores busy × span ÷ alerts), each worker process's peak resident memory (``VmHWM``, its
+decode helpers added) and, for each start of a ``stamp-worker run``, the time from the
+start to every process ready (model loaded, partitions assigned: ``/readyz`` 200).
+
 Alerts are the single-alert ZTF files of ``../shared/data`` (or ``$STAMP_DATA_DIR``,
 ``--data``) cycled, or built ones when absent. Everything (broker, producer, worker,
 consumer) shares this machine's cores, as in the development setup.
@@ -52,6 +57,7 @@ from common import (
     delete_topics,
     load_alerts,
     local_broker_pid,
+    status_mib,
 )
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -103,6 +109,7 @@ def make_topics(admin: AdminClient) -> dict[str, str]:
 DECODE_PROCESSES = 0  # set from --decode-processes
 PROCESSES = 1  # set from --processes
 MODEL_PATH: Path | None = None  # set from --model
+STARTUP_S: list[float] = []  # start of each `stamp-worker run` → every process ready [s]
 
 
 def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
@@ -128,6 +135,7 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
         f"metrics:\n  port: {port}\n"
         + (f"model_path: '{MODEL_PATH.resolve()}'\n" if MODEL_PATH else ""))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(config)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
@@ -135,6 +143,8 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
         try:
             if all(urllib.request.urlopen(f"http://127.0.0.1:{p}/readyz", timeout=1).status
                    == 200 for p in range(port, ready_port + 1)):
+                # Ready = model loaded and partitions assigned (the group join included).
+                STARTUP_S.append(time.monotonic() - started)
                 return proc, port
         except OSError:
             pass
@@ -217,6 +227,9 @@ def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog:
                     producer.poll(0)
             producer.flush(120)
             collect(consumer, expected, timeout=max(120.0, backlog / 100), on_label=on_label)
+        # Peak resident memory of each worker process (with processes: N, the command's
+        # children; its decode helpers apart), read before the stop.
+        peaks = worker_peaks_mib(procs)
     finally:
         stop_workers(procs)
         consumer.close()
@@ -227,7 +240,20 @@ def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog:
     span = stamps[-1] - first
     counted = len(stamps) - len(stamps) // 10 - 1
     return {"labels": len(stamps), "seconds": span, "rate": counted / span,
-            "cores": sampler.cores(first, stamps[-1])}
+            "cores": sampler.cores(first, stamps[-1]), "counted": counted, "peaks": peaks}
+
+
+def worker_peaks_mib(procs: list[subprocess.Popen]) -> list[float]:
+    """``VmHWM`` [MiB] of each worker process: the command itself when it runs one
+    worker, else each of its worker processes (children), with their decode helpers'
+    peaks added."""
+    peaks = []
+    for proc in procs:
+        workers = children(proc.pid) if PROCESSES > 1 else [proc.pid]
+        for pid in workers:
+            peaks.append(status_mib(pid, "VmHWM")
+                         + sum(status_mib(h, "VmHWM") for h in children(pid)))
+    return peaks
 
 
 def latency(bootstrap: str, admin: AdminClient, alerts: list[bytes], rate: float,
@@ -349,6 +375,16 @@ def main() -> int:
         print(f"| cores busy while draining: machine / worker(s) / broker / benchmark | "
               f"{cores['machine']:.2f} / {cores['worker']:.2f} / "
               f"{cores['broker']:.2f} / {cores['benchmark']:.2f} of {os.cpu_count()} |")
+        # CPU time per alert = cores busy × the span ÷ alerts labelled in it.
+        per_alert = {k: cores[k] * tput["seconds"] / tput["counted"] * 1e6
+                     for k in ("worker", "broker")}
+        print(f"| CPU per alert while draining: worker(s) / broker | "
+              f"{per_alert['worker']:,.0f} / {per_alert['broker']:,.0f} µs |")
+    peaks = tput["peaks"]
+    print(f"| peak resident memory per worker process (`VmHWM`, with its helpers) | "
+          f"{' / '.join(f'{p:,.0f}' for p in peaks)} MiB |")
+    print(f"| start → ready (model loaded, partitions assigned), each start | "
+          f"{' / '.join(f'{t:.1f}' for t in STARTUP_S)} s |")
     print(f"| offered rate | {lat['offered_rate']:,.0f} alerts/s for {args.duration:.0f} s |")
     print(f"| labelled | {lat['labelled']} of {lat['offered']} "
           f"({lat['matched']} matched to their produce time) |")

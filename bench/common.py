@@ -176,3 +176,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def status_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory field of ``/proc/<pid>/status`` [MiB]: ``VmRSS`` (resident now) or
+    ``VmHWM`` (resident at its peak); 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

@@ -1,0 +1,189 @@
+"""CPU cost per alert, stage by stage: an ALeRCE-style reference against the worker's path.
+
+Both paths run in this one process, on the same real alerts (every decodable alert of
+``../shared/data``, ``$STAMP_DATA_DIR`` or ``--data``, as in ``bench_decode.py``), the
+same bundled model (Keras on TensorFlow, or ``--model``) and one CPU core:
+
+(a) *reference*, the way an ALeRCE-style stamp step works: :func:`fastavro.reader` over
+    the whole record, ``gzip`` + ``astropy.io.fits`` for each cutout, numpy crop and
+    normalization, the metadata features from the full candidate, and one model call per
+    alert;
+(b) *the worker*: the projected Avro decode (:class:`worker.alerts.AlertDecoder`),
+    :func:`worker.stamps.prepare_alert` (gunzip, FITS cards, preprocessing, features),
+    one model call per batch of ``--batch`` alerts, and the label record
+    (:func:`worker.output.label_record` + :func:`worker.output.encode_label`).
+
+Each stage is timed with :func:`time.process_time` (CPU time of every thread of the
+process) over all alerts, after one warm-up pass, ``--repeat`` times; the table gives the
+median per alert and the reference-to-worker ratio.  Kafka's own cost (fetching,
+producing, committing) is not in it: ``bench_e2e.py`` measures the worker's and the
+broker's CPU per alert through a real broker.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_cost.py [--repeat 3] [--batch 256] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices
+# isort: off
+# bench_decode pins this process to one core and one BLAS thread when imported, which
+# must come before numpy is imported.
+from bench_decode import (
+    CONFIG,
+    CUTOUT_FIELDS,
+    default_data_dir,
+    kept_alerts,
+    kept_records,
+    load_workload,
+    ref_open_stamp,
+    ref_preprocess,
+)
+from common import cpu_model
+
+import fastavro  # noqa: E402  (after the pinning)
+import numpy as np  # noqa: E402
+
+from worker.alerts import AlertDecoder  # noqa: E402
+from worker.features import metadata_features  # noqa: E402
+from worker.model import StampModel  # noqa: E402
+from worker.output import Source, encode_label, label_record  # noqa: E402
+from worker.stamps import prepare_alert  # noqa: E402
+# isort: on
+
+
+def cpu_per_call(func: Callable[[], object], repeat: int) -> float:
+    """Median CPU seconds of ``repeat`` calls after one warm-up call."""
+    func()
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        func()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, help="data folder (default ../shared/data)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes per stage")
+    parser.add_argument("--batch", type=int, default=256, help="the worker's batch size")
+    parser.add_argument("--model", help="model artifact (default: the bundled model)")
+    args = parser.parse_args(argv)
+    data = args.data or default_data_dir()
+    if not data.is_dir():
+        raise SystemExit(f"bench_cost: no data folder at {data}: give --data")
+    wl = load_workload(data)
+    n = wl.n_alerts
+    model = StampModel.load(args.model)
+    model.warm_up(args.batch)
+
+    # Inputs of each stage, made once so that each stage is timed on its own.
+    records = list(kept_records(wl))
+    stamps = [[ref_open_stamp(r[name]["stampData"]) for name in CUTOUT_FIELDS]
+              for r in records]
+    ref_images = [ref_preprocess(s, r["candidate"].get("xpos"), r["candidate"].get("ypos"))
+                  for s, r in zip(stamps, records, strict=True)]
+    ref_features = [metadata_features(r["candidate"]) for r in records]
+    alerts = list(kept_alerts(wl))
+    prepared = [prepare_alert(a, CONFIG) for a in alerts]
+    images = np.stack([p.image for p in prepared])
+    features = np.stack([p.features for p in prepared])
+    probabilities = model.predict(images, features)
+    source = Source("alerts", 0, 0, 0)
+
+    def ref_avro() -> None:
+        for f in wl.files:
+            for _ in zip(range(f.n_records), fastavro.reader(io.BytesIO(f.payload)),
+                         strict=False):
+                pass
+
+    def ref_stamps() -> None:
+        for r in records:
+            for name in CUTOUT_FIELDS:
+                ref_open_stamp(r[name]["stampData"])
+
+    def ref_input() -> None:  # what the worker's prepare_alert does, the reference way
+        for r in records:
+            candidate = r["candidate"]
+            ref_preprocess([ref_open_stamp(r[name]["stampData"]) for name in CUTOUT_FIELDS],
+                           candidate.get("xpos"), candidate.get("ypos"))
+            metadata_features(candidate)
+
+    def ref_prep() -> None:
+        for s, r in zip(stamps, records, strict=True):
+            ref_preprocess(s, r["candidate"].get("xpos"), r["candidate"].get("ypos"))
+
+    def ref_feat() -> None:
+        for r in records:
+            metadata_features(r["candidate"])
+
+    def ref_model() -> None:
+        for image, feats in zip(ref_images, ref_features, strict=True):
+            model.predict(image[None], feats[None])
+
+    def our_avro() -> None:
+        decoder = AlertDecoder()
+        for f in wl.files:
+            for _ in zip(range(f.n_records), decoder.iter_records(f.payload), strict=False):
+                pass
+
+    def our_prepare() -> None:
+        for a in alerts:
+            prepare_alert(a, CONFIG)
+
+    def our_model() -> None:
+        for i in range(0, n, args.batch):
+            model.predict(images[i:i + args.batch], features[i:i + args.batch])
+
+    def our_record() -> None:
+        for a, p in zip(alerts, probabilities, strict=True):
+            encode_label(label_record(a, p, "cnn", model.name, model.version, "1", [],
+                                      0, 0, source))
+
+    # (name, reference, worker, counted in the totals)
+    rows = [
+        ("Avro decode", ref_avro, our_avro, True),
+        ("cutouts → model input (gunzip, FITS, preprocessing, features)", ref_input,
+         our_prepare, True),
+        ("  of which gunzip + FITS", ref_stamps, None, False),
+        ("  of which preprocessing", ref_prep, None, False),
+        ("  of which metadata features", ref_feat, None, False),
+        ("model", ref_model, our_model, True),
+        ("label record", None, our_record, True),
+    ]
+    print(f"CPU: {cpu_model()}, one core; {n} real alerts of {data}; model {model.name} "
+          f"v{model.version}; reference: one model call per alert; worker: batches of "
+          f"{args.batch}; median of {args.repeat} passes\n")
+    print("| stage | reference µs/alert | worker µs/alert | ratio |")
+    print("|---|---:|---:|---:|")
+    totals = [0.0, 0.0]
+    for name, ref, ours, counted in rows:
+        cells = []
+        for k, func in enumerate((ref, ours)):
+            if func is None:
+                cells.append(None)
+                continue
+            value = cpu_per_call(func, args.repeat) / n * 1e6
+            totals[k] += value if counted else 0.0
+            cells.append(value)
+        ratio = f"{cells[0] / cells[1]:.1f}×" if None not in cells else ""
+        shown = ["—" if c is None else f"{c:,.0f}" for c in cells]
+        print(f"| {name} | {shown[0]} | {shown[1]} | {ratio} |")
+    print(f"| **total** | **{totals[0]:,.0f}** | **{totals[1]:,.0f}** | "
+          f"**{totals[0] / totals[1]:.1f}×** |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

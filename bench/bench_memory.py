@@ -12,6 +12,10 @@ split the figure into interpreter + TensorFlow, the model, and the streaming its
 Run from the repository root::
 
     .venv/bin/python bench/bench_memory.py [--backlog 20000] [--decode-processes 0 2]
+        [--backend keras onnx]
+
+Each ``--backend`` (the worker's ``model_backend``) is measured in turn, with its
+time to ready: process start to the worker's "consuming" log line.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def fill(bootstrap: str, topic: str, alerts: list[bytes], n: int) -> None:
 
 
 def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: int,
-          model: str | None) -> dict[str, float]:
+          model: str | None, backend: str = "auto") -> dict[str, float]:
     suffix = uuid.uuid4().hex[:8]
     topics = {"input": f"mem-alerts-{suffix}", "output": f"mem-labels-{suffix}",
               "dead": f"mem-dead-{suffix}"}
@@ -81,8 +85,10 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: i
         f"topics: {{input: {topics['input']}, output: {topics['output']}, "
         f"dead_letter: {topics['dead']}}}\ngroup_id: {group}\n"
         f"batch: {{decode_processes: {decode_processes}}}\nmetrics: {{port: 0}}\n"
+        f"model_backend: {backend}\n"
         + (f"model_path: {model}\n" if model else ""))
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAMP_WORKER")}
+    started = time.monotonic()
     worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config",
                                str(config)], env=env, stderr=subprocess.PIPE, text=True)
     check = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
@@ -93,6 +99,7 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: i
         for line in worker.stderr:  # type: ignore[union-attr]
             if "consuming" in line:
                 break
+        ready_s = time.monotonic() - started
         time.sleep(0.5)
 
         def total() -> float:
@@ -110,6 +117,7 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: i
                 marks.pop(0)
             time.sleep(SAMPLE_S)
         out["drain_s"] = time.monotonic() - start
+        out["ready_s"] = ready_s
         out["peak sampled"] = peak
         out["VmHWM worker"] = rss_mib(worker.pid, "VmHWM")
     finally:
@@ -120,18 +128,21 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: i
     return out
 
 
-def baseline(model: str | None) -> dict[str, float]:
-    """Resident memory of the pieces: Python + TensorFlow, and + the model loaded."""
+def baseline(model: str | None, backend: str = "keras") -> dict[str, float]:
+    """Resident memory of the pieces: Python + the backend's library, and + the model."""
+    library = "tensorflow, keras" if backend == "keras" else "onnxruntime"
     code = ("import os,sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','2');"
-            "import tensorflow, keras;"
+            f"import {library};"
             "rss=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmRSS')]"
             "[0].split()[1])/1024; a=rss();"
-            "from worker.model import StampModel; m=StampModel.load(sys.argv[1] or None);"
+            "from worker.model import StampModel;"
+            "m=StampModel.load(sys.argv[1] or None, backend=sys.argv[2]);"
             "m.warm_up(256); print(a, rss())")
-    done = subprocess.run([sys.executable, "-c", code, model or ""], capture_output=True,
-                          text=True, check=True)
-    tf_only, with_model = map(float, done.stdout.split())
-    return {"python + tensorflow": tf_only, "+ model loaded, batch shapes traced": with_model}
+    done = subprocess.run([sys.executable, "-c", code, model or "", backend],
+                          capture_output=True, text=True, check=True)
+    library_only, with_model = map(float, done.stdout.split())
+    return {f"python + {library.split(',')[0]}": library_only,
+            "+ model loaded, batch shapes run": with_model}
 
 
 def main() -> int:
@@ -140,21 +151,27 @@ def main() -> int:
     parser.add_argument("--decode-processes", type=int, nargs="+", default=[0, 2],
                         help="batch.decode_processes values to measure (default 0 2)")
     parser.add_argument("--model", help="model artifact (default: the bundled model)")
+    parser.add_argument("--backend", nargs="+", choices=("keras", "onnx"),
+                        default=["keras", "onnx"],
+                        help="model_backend values to measure (default keras onnx)")
     parser.add_argument("--data", type=Path, help="data folder (default ../shared/data)")
     args = parser.parse_args()
     alerts, described = load_alerts(data_dir(args.data))
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; "
           f"input: {described}, cycled to {args.backlog} alerts")
-    parts = baseline(args.model)
-    for name, value in parts.items():
-        print(f"{name:<40}{value:8.0f} MiB")
+    for backend in args.backend:
+        print(f"model_backend {backend}:")
+        for name, value in baseline(args.model, backend).items():
+            print(f"  {name:<38}{value:8.0f} MiB")
     with broker_for_run("stamp-mem-") as (bootstrap, _, _):
-        for helpers in args.decode_processes:
-            row = drain(bootstrap, alerts, args.backlog, helpers, args.model)
-            print(f"\nstamp-worker run, batch.decode_processes {helpers} "
-                  f"({row.pop('drain_s'):.1f} s drain) [MiB, worker + helpers]")
-            for name, value in row.items():
-                print(f"  {name:<38}{value:8.0f}")
+        for backend in args.backend:
+            for helpers in args.decode_processes:
+                row = drain(bootstrap, alerts, args.backlog, helpers, args.model, backend)
+                print(f"\nstamp-worker run, model_backend {backend}, batch.decode_processes "
+                      f"{helpers} (ready {row.pop('ready_s'):.1f} s after start, "
+                      f"{row.pop('drain_s'):.1f} s drain) [MiB, worker + helpers]")
+                for name, value in row.items():
+                    print(f"  {name:<38}{value:8.0f}")
     return 0
 
 

@@ -10,6 +10,7 @@ alerts.  Nothing else should run meanwhile: the figures are for an idle machine.
 Run from the repository root::
 
     .venv/bin/python bench/bench_model.py [--model DIR ...] [--batch 64 256] [--repeat 40]
+        [--backend keras onnx]
 """
 
 from __future__ import annotations
@@ -46,18 +47,22 @@ def main() -> int:
                         help="artifact directory (repeatable; default: the bundled model)")
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeat", type=int, default=40)
+    parser.add_argument("--backend", nargs="+", choices=("auto", "keras", "onnx"),
+                        default=["auto"], help="model backends to time (default auto)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores; CPU time counts every thread of the process\n")
-    print("| model | parameters | batch | wall µs/alert | CPU µs/alert |")
-    print("|---|---:|---:|---:|---:|")
+    print("| model | backend | parameters | batch | wall µs/alert | CPU µs/alert |")
+    print("|---|---|---:|---:|---:|---:|")
     for path in args.model or [None]:
-        model = StampModel.load(path)
-        model.warm_up(max(args.batch))
-        label = f"{model.name} {model.version} ({path or 'bundled'})"
-        params = model.manifest.raw.get("parameters", "?")
-        for batch in args.batch:
-            wall, cpu = cost(model, batch, args.repeat)
-            print(f"| {label} | {params:,} | {batch} | {wall * 1e6:,.0f} | {cpu * 1e6:,.0f} |")
+        for backend in args.backend:
+            model = StampModel.load(path, backend=backend)
+            model.warm_up(max(args.batch))
+            label = f"{model.name} {model.version} ({path or 'bundled'})"
+            params = model.manifest.raw.get("parameters", "?")
+            for batch in args.batch:
+                wall, cpu = cost(model, batch, args.repeat)
+                print(f"| {label} | {model.backend} | {params:,} | {batch} | "
+                      f"{wall * 1e6:,.0f} | {cpu * 1e6:,.0f} |")
     return 0
 
 

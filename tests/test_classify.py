@@ -147,6 +147,23 @@ def test_cli_a_bad_model_is_one_line_and_status_2(tmp_path: Path, capsys) -> Non
     assert len(err.splitlines()) == 1
 
 
+def test_cli_backend_option(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """--backend onnx needs the artifact's model.onnx (one line, status 2); the bundled
+    model gives the same labels on both backends."""
+    alert = tmp_path / "a.avro"
+    alert.write_bytes(synthetic_alert(1))
+    assert main(["classify", str(alert), "--model", str(model_dir), "--backend", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "stamp-train export-onnx" in err and len(err.splitlines()) == 1
+    out = {}
+    for backend in ("keras", "onnx"):
+        assert main(["classify", str(alert), "--backend", backend, "-q"]) == 0
+        out[backend] = json.loads(capsys.readouterr().out)
+    assert out["keras"]["top_class"] == out["onnx"]["top_class"]
+    assert out["keras"]["probabilities"] == pytest.approx(out["onnx"]["probabilities"],
+                                                          abs=1e-5)
+
+
 def test_cli_prints_no_tensorflow_notices(model_dir: Path, tmp_path: Path) -> None:
     """A run as a user starts it: stderr holds the summary, nothing from TensorFlow."""
     (tmp_path / "a.avro").write_bytes(synthetic_alert(1))

@@ -412,6 +412,10 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("group id as a number", {"group_id": 123}, "group_id", "quote it in YAML"),
     ("model path missing", {"model_path": "/no/such/model"}, "model_path", "does not exist"),
     ("zero processes", {"processes": 0}, "processes", "from 1 to 64"),
+    ("unknown model backend", {"model_backend": "torch"}, "model_backend",
+     "one of auto, onnx, keras"),
+    ("unknown model device", {"model_device": "gpu"}, "model_device", "one of cpu, cuda, auto"),
+    ("negative model threads", {"model_threads": -1}, "model_threads", "from 0 to 256"),
     ("processes as text", {"processes": "two"}, "processes", "got string 'two'"),
     ("metrics ports past 65535", {"processes": 4, "metrics": {"port": 65534}}, "processes",
      "ports 65534 to 65537, past 65535"),
@@ -432,6 +436,16 @@ def test_missing_required_key(tmp_path: Path) -> None:
     message = load_error(tmp_path, base={"kafka": {"bootstrap_servers": "k:1"},
                                          "topics": {"input": "a", "output": "b"}})
     assert "topics.dead_letter: required" in message
+
+
+def test_model_backend_defaults_to_auto_and_comes_from_the_environment(tmp_path: Path
+                                                                     ) -> None:
+    config = load_config(write(tmp_path / "worker.yaml", MINIMAL), env={})
+    assert (config.model_backend, config.model_device, config.model_threads) == ("auto", "cpu", 0)
+    config = load_config(write(tmp_path / "worker.yaml", MINIMAL),
+                         env={"STAMP_WORKER__MODEL_BACKEND": "keras",
+                              "STAMP_WORKER__MODEL_THREADS": "1"})
+    assert (config.model_backend, config.model_threads) == ("keras", 1)
 
 
 def test_model_path_must_be_a_directory(tmp_path: Path) -> None:

@@ -162,3 +162,131 @@ def test_batches_are_padded_to_a_few_shapes(rotinv_dir: Path) -> None:
     part = model.predict(images[:3], features[:3])
     assert whole.shape == (11, 5) and part.shape == (3, 5)
     np.testing.assert_allclose(part, whole[:3], atol=1e-6)  # padding does not leak in
+
+
+# ------------------------------------------------------------------ the ONNX backend
+
+def _onnx_artifact(source: Path, target: Path) -> Path:
+    """A copy of an artifact with ``model.onnx`` added by the exporter."""
+    import shutil
+
+    from training.onnx_export import export_onnx
+
+    shutil.copytree(source, target)
+    export_onnx(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def rotinv_onnx_dir(rotinv_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _onnx_artifact(rotinv_dir, tmp_path_factory.mktemp("onnx") / "rotinv")
+
+
+def _prepared(alerts: list[bytes], model: StampModel) -> tuple[np.ndarray, np.ndarray]:
+    """Images and raw features of alerts through the worker's decoding and preprocessing."""
+    from worker.labeller import Labeller
+    from worker.output import Source
+
+    work, _ = Labeller(model).decode_batch(
+        [(payload, Source("t", 0, i, -1), 0, i) for i, payload in enumerate(alerts)])
+    inputs = [w.prepared for w in work if w.prepared is not None]
+    return (np.stack([p.image for p in inputs]), np.stack([p.features for p in inputs]))
+
+
+def test_onnx_backend_matches_keras_on_built_alerts(rotinv_onnx_dir: Path) -> None:
+    from worker.packets import synthetic_alert
+
+    on_keras = StampModel.load(rotinv_onnx_dir, backend="keras")
+    on_onnx = StampModel.load(rotinv_onnx_dir)  # auto: the artifact lists model.onnx
+    assert (on_keras.backend, on_onnx.backend) == ("keras", "onnx")
+    images, features = _prepared(
+        [synthetic_alert(i, nan_pixels=7 * (i % 3)) for i in range(40)], on_keras)
+    assert len(images) == 40
+    expected = on_keras.predict(images, features)
+    got = on_onnx.predict(images, features)
+    assert got.shape == (40, 5) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    # Any batch size, with no padding: one alert alone gives its row of the batch.
+    np.testing.assert_allclose(on_onnx.predict(images[3:4], features[3:4]), got[3:4],
+                               rtol=0, atol=1e-6)
+    assert on_onnx.predict(images[:0], features[:0]).shape == (0, 5)
+    on_onnx.warm_up(64)
+
+
+@pytest.mark.shared_data
+def test_bundled_model_onnx_matches_keras_on_every_real_alert(data_dir: Path) -> None:
+    """Every alert of the shared real data that the worker labels gets the same
+    probabilities (within 1e-5) from ONNX Runtime as from Keras."""
+    from worker.sources import expand_paths, read_inputs
+
+    on_keras = StampModel.load(backend="keras")
+    on_onnx = StampModel.load(backend="onnx")
+    payloads = [p.data for p in read_inputs(expand_paths([data_dir]), on_error=lambda *_: None)]
+    images, features = _prepared(payloads, on_keras)
+    assert len(images) > 400  # the shared data's real alerts, less the refused ones
+    for start in range(0, len(images), 256):  # the worker's batch size
+        part = slice(start, start + 256)
+        np.testing.assert_allclose(on_onnx.predict(images[part], features[part]),
+                                   on_keras.predict(images[part], features[part]),
+                                   rtol=0, atol=1e-5)
+
+
+def test_onnx_backend_imports_neither_tensorflow_nor_keras() -> None:
+    """A fresh process serving the bundled model with ONNX Runtime never loads TensorFlow
+    (its memory and start-up time are what the backend saves)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from worker.labeller import Labeller\n"
+        "from worker.model import StampModel\n"
+        "from worker.packets import synthetic_alert\n"
+        "from worker.output import Source\n"
+        "model = StampModel.load(backend='onnx')\n"
+        "labeller = Labeller(model)\n"
+        "work, _ = labeller.decode(synthetic_alert(1), Source('t', 0, 0, -1), 0)\n"
+        "outcome = labeller.infer(work)\n"
+        "assert len(outcome) == 1, outcome\n"
+        "print(model.backend, sorted(m for m in ('tensorflow', 'keras', 'jax')"
+        " if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "onnx []"
+    assert done.stderr == ""  # no ONNX Runtime notices either
+
+
+def test_onnx_backend_refusals(rotinv_dir: Path, rotinv_onnx_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    assert StampModel.load(rotinv_dir).backend == "keras"  # auto without model.onnx
+    with pytest.raises(ModelError, match="stamp-train export-onnx"):
+        StampModel.load(rotinv_dir, backend="onnx")
+    with pytest.raises(ModelError, match="unknown model backend 'torch'"):
+        StampModel.load(rotinv_onnx_dir, backend="torch")
+    with pytest.raises(ModelError, match="unknown model device 'gpu'"):
+        StampModel.load(rotinv_onnx_dir, device="gpu")
+    changed = shutil.copytree(rotinv_onnx_dir, tmp_path / "changed")
+    with open(changed / "model.onnx", "ab") as stream:
+        stream.write(b"\0")
+    with pytest.raises(ModelError, match="SHA-256 differs"):
+        StampModel.load(changed)
+    (changed / "model.onnx").unlink()
+    with pytest.raises(ModelError, match="model.onnx: missing"):
+        StampModel.load(changed)
+    with pytest.raises(ModelError, match="backend='keras'"):
+        StampModel.load(rotinv_onnx_dir).keras_model  # noqa: B018
+
+
+def test_onnx_cuda_refused_without_onnxruntime_gpu(rotinv_onnx_dir: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        model = StampModel.load(rotinv_onnx_dir, device="cuda")
+        assert model.backend == "onnx"
+        return
+    with pytest.raises(ModelError, match="onnxruntime-gpu"):
+        StampModel.load(rotinv_onnx_dir, device="cuda")
+    assert StampModel.load(rotinv_onnx_dir, device="auto").backend == "onnx"  # falls back

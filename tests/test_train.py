@@ -95,13 +95,16 @@ def test_narrow_rotinv_trunk(tiny_npz: Path, tmp_path: Path) -> None:
     assert train_main(["train", "--data", str(tiny_npz), "--model", "rotinv", "--epochs", "1",
                        "--batch-size", "16", "--val-per-class", "2", "--test-per-class", "3",
                        "--trunk-filters", "8,16,32,64", "--out", str(tmp_path / "m")]) == 0
-    loaded = StampModel.load(tmp_path / "m")
-    trunk = loaded._model.get_layer("shared_trunk")  # noqa: SLF001
+    loaded = StampModel.load(tmp_path / "m", backend="keras")
+    trunk = loaded.keras_model.get_layer("shared_trunk")
     assert [layer.filters for layer in trunk.layers if hasattr(layer, "filters")] == [8, 16, 32, 64]
     # 224 + 1,168 + 4,640 + 18,496 (convolutions) + 16,448 (FC64) in the trunk, then
     # 5,824 + 4,160 + 325 in the head (64 pooled + 26 features in).
-    assert loaded._model.count_params() == 51_285  # noqa: SLF001
+    assert loaded.keras_model.count_params() == 51_285
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    # Training also writes model.onnx, which the worker serves by default.
+    assert manifest["onnx"]["max_abs_diff"] <= 1e-5
+    assert StampModel.load(tmp_path / "m").backend == "onnx"
     assert manifest["training"]["trunk_filters"] == [8, 16, 32, 64]
     assert manifest["parameters"] == 51_285
     with pytest.raises(ValueError, match="four positive"):

@@ -13,7 +13,7 @@ simulate
     Write a simulated labelled dataset (``.npz``).
 train
     Train a model on an ``.npz`` dataset (or freshly simulated data) and write the
-    artifact directory (``model.keras``, ``manifest.json``, ``report/``).
+    artifact directory (``model.keras``, ``model.onnx``, ``manifest.json``, ``report/``).
 train-real
     Train on real labelled alerts (``dataset``), object-balanced, optionally from an
     artifact (``--init-from``) and mixed with simulated examples; cross-validates first.
@@ -22,6 +22,9 @@ cv
 evaluate
     Score an artifact on real alerts + labels CSV (per alert, per object, per tier,
     with intervals), on a dataset, or on the real ALeRCE-labelled stamps.
+export-onnx
+    Add ``model.onnx`` to an artifact (:mod:`training.onnx_export`), which the worker
+    serves with ONNX Runtime, without TensorFlow; ``train`` and ``train-real`` write it.
 sim-report
     Where simulated alerts differ from real labelled ones (:mod:`training.sim_report`).
 
@@ -172,7 +175,33 @@ def _train(args: argparse.Namespace) -> int:
     verbose = 1 if sys.stderr.isatty() else 2
     manifest = train(dataset, config, args.out, data_source=source, verbose=verbose)
     print_summary(manifest)
+    _write_onnx("train", args.out)
     print(f"artifact: {args.out} (report in {args.out}/report/)")
+    return 0
+
+
+def _write_onnx(command: str, artifact: str | Any) -> None:
+    """Add ``model.onnx`` to an artifact (a few seconds), or stop with one line."""
+    from training.onnx_export import export_onnx
+    from worker.model import ModelError
+
+    try:
+        entry = export_onnx(artifact)
+    except ModelError as exc:
+        if command == "export-onnx":
+            raise SystemExit(f"stamp-train {command}: {exc}") from exc
+        # The trained artifact is complete without it: served by Keras, convertible later.
+        print(f"onnx: not written ({exc}); the worker serves the artifact with Keras")
+        return
+    print(f"onnx: {artifact}/{entry['file']} (opset {entry['opset']}, largest probability "
+          f"difference to Keras {entry['max_abs_diff']:.1e} on {entry['check_batch']} "
+          "examples)")
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    _check_paths("export-onnx", inputs=[args.artifact], folders=[args.artifact])
+    _check_artifact("export-onnx", args.artifact)
+    _write_onnx("export-onnx", args.artifact)
     return 0
 
 
@@ -312,6 +341,7 @@ def _train_real(args: argparse.Namespace) -> int:
                           f"training.simulator.simulate(n={args.simulate}, "
                           f"seed={args.sim_seed}, balanced)" if args.simulate else None)}
     export(trained, config, out, data, metrics)
+    _write_onnx("train-real", str(out))
     print(f"artifact: {out} ({trained.seconds:.0f} s of training)")
     return 0
 
@@ -552,6 +582,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", action="store_true",
                    help="also write report/evaluation.json into the artifact")
     p.set_defaults(run=_evaluate)
+    p = sub.add_parser("export-onnx", help="add model.onnx to an artifact (served by the "
+                       "worker without TensorFlow)",
+                       description="Convert an artifact's model.keras to model.onnx, check "
+                       "that its probabilities match Keras' within 1e-5 on a fixed batch, "
+                       "and list it (file, SHA-256, opset, measured difference) in "
+                       "manifest.json. train and train-real do this themselves; this "
+                       "command converts artifacts made before.")
+    p.add_argument("artifact", metavar="DIR", help="artifact folder")
+    p.set_defaults(run=_export_onnx)
     __import__("training.sim_report").sim_report.register(sub)  # stamp-train sim-report
     for name, run, text in (
             ("train-real", _train_real, "train on real labelled alerts (object-balanced, "

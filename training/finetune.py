@@ -176,8 +176,8 @@ def _start_model(config: FineTuneConfig, real: Prepared, start: StampModel | Non
 
     if start is not None:
         # A fresh copy: the loaded artifact stays as it is for whoever else holds it.
-        model = keras.models.clone_model(start._model)
-        model.set_weights(start._model.get_weights())
+        model = keras.models.clone_model(start.keras_model)
+        model.set_weights(start.keras_model.get_weights())
         return model, start.manifest.features, start.name, start.manifest.inputs
     input_shape = real.images.shape[1:]
     encoding = fit_encoding(real.features, config.feature_encoding)
@@ -240,7 +240,8 @@ def fine_tune(real: StampDataset, config: FineTuneConfig, sim: StampDataset | No
     start_time = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    start = StampModel.load(config.init_from, warm_up=False) if config.init_from else None
+    start = (StampModel.load(config.init_from, warm_up=False, backend="keras")
+             if config.init_from else None)
     if start is not None:
         crop_size = start.preprocess.crop_size
     real_p = Prepared.of(real, crop_size)

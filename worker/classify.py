@@ -216,7 +216,8 @@ def format_summary(summary: ClassifySummary) -> str:
 
 def classify_command(paths: Sequence[str], output: str | None, fmt: str,
                      model_path: str | None, batch_size: int, asteroid_policy: bool,
-                     err: TextIO, quiet: bool = False) -> int:
+                     err: TextIO, quiet: bool = False, backend: str = "auto",
+                     device: str = "cpu") -> int:
     """Run ``stamp-worker classify``; returns the exit status.
 
     Parameters
@@ -237,6 +238,10 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
         Where refusals and the summary go.
     quiet : bool
         Only the summary on ``err``, not one line per refusal.
+    backend : {"auto", "onnx", "keras"}
+        What runs the model (:meth:`worker.model.StampModel.load`).
+    device : {"cpu", "cuda", "auto"}
+        Where the ONNX backend runs it.
 
     Returns
     -------
@@ -276,7 +281,7 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
         if not files:  # nothing left that could hold an alert: no model needed
             print(format_summary(summary), file=err)
             return EXIT_PARTIAL
-        model = StampModel.load(model_path)
+        model = StampModel.load(model_path, backend=backend, device=device)
     except (SourceError, ModelError, UsageError) as exc:
         print(f"stamp-worker classify: {exc}", file=err)
         return EXIT_NOTHING_DONE

@@ -46,6 +46,7 @@ from worker.commandline import (
     use_help_formatter,
 )
 from worker.errors import AlertError
+from worker.model import BACKENDS, DEVICES
 from worker.sources import SourceError, expand_paths, read_inputs
 from worker.stamps import PreprocessConfig, prepare_alert
 
@@ -198,10 +199,13 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
         except ClusterError as exc:
             raise SystemExit(f"stamp-worker run: {exc}") from exc
         try:
-            model = StampModel.load(config.model_path)
+            model = StampModel.load(config.model_path, backend=config.model_backend,
+                                    device=config.model_device,
+                                    threads=config.model_threads)
         except ModelError as exc:
             raise SystemExit(f"stamp-worker run: model: {exc}") from exc
-        log.info("model %s v%s from %s", model.name, model.version, model.path)
+        log.info("model %s v%s from %s (%s backend)", model.name, model.version, model.path,
+                 model.backend)
         schema_registry = (ConfluentSchemaRegistry(config.registry.url, config.registry.client)
                            if config.registry.url else None)
         try:
@@ -359,6 +363,12 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="model artifact directory (default: the bundled model)")
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                    help="alerts per model call")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="what runs the model: onnx (ONNX Runtime, no TensorFlow), keras, or "
+                   "auto (default: onnx when the artifact has model.onnx)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where the onnx backend runs: cpu (default), cuda (needs "
+                   "onnxruntime-gpu) or auto")
     p.add_argument("--asteroid-policy", action="store_true",
                    help="label alerts within 5 arcsec of a known solar-system object "
                    "asteroid without the model (as the worker's asteroid_policy)")
@@ -474,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return classify_command(args.paths, args.output, args.format, args.model,
                                     args.batch_size, args.asteroid_policy, sys.stderr,
-                                    args.quiet)
+                                    args.quiet, args.backend, args.device)
     except BrokenPipeError:  # output piped into `head`: stop quietly
         sys.stderr.close()
         return 0

@@ -124,7 +124,9 @@ def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: fl
         base, group_id=f"demo-{suffix}", metrics=MetricsConfig(port=0),
         topics=TopicsConfig(input=(topics["input"],), output=topics["output"],
                             dead_letter=topics["dead"]))
-    model = StampModel.load(config.model_path)
+    model = StampModel.load(config.model_path, backend=config.model_backend,
+                            device=config.model_device,
+                            threads=config.model_threads)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     health = HealthState()

@@ -29,23 +29,20 @@ import time
 import uuid
 from pathlib import Path
 
-from common import broker_for_run, children, cpu_model, data_dir, delete_topics, load_alerts
+from common import (
+    broker_for_run,
+    children,
+    cpu_model,
+    data_dir,
+    delete_topics,
+    load_alerts,
+    status_mib,
+)
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 4
 SAMPLE_S = 0.2
-
-
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """A ``/proc/<pid>/status`` memory field [MiB] (0 when the process is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def committed(consumer: Consumer, topic: str) -> int:
@@ -103,10 +100,10 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: i
         time.sleep(0.5)
 
         def total() -> float:
-            return rss_mib(worker.pid) + sum(rss_mib(c) for c in children(worker.pid))
+            return status_mib(worker.pid) + sum(status_mib(c) for c in children(worker.pid))
 
         out["loaded"] = total()
-        out["helpers_loaded"] = sum(rss_mib(c) for c in children(worker.pid))
+        out["helpers_loaded"] = sum(status_mib(c) for c in children(worker.pid))
         peak = out["loaded"]
         start = time.monotonic()
         while marks and time.monotonic() - start < 600:
@@ -119,7 +116,7 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: i
         out["drain_s"] = time.monotonic() - start
         out["ready_s"] = ready_s
         out["peak sampled"] = peak
-        out["VmHWM worker"] = rss_mib(worker.pid, "VmHWM")
+        out["VmHWM worker"] = status_mib(worker.pid, "VmHWM")
     finally:
         check.close()
         worker.terminate()

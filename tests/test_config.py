@@ -413,8 +413,21 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("model path missing", {"model_path": "/no/such/model"}, "model_path", "does not exist"),
     ("zero processes", {"processes": 0}, "processes", "from 1 to 64"),
     ("unknown model backend", {"model_backend": "torch"}, "model_backend",
-     "one of auto, onnx, keras"),
-    ("unknown model device", {"model_device": "gpu"}, "model_device", "one of cpu, cuda, auto"),
+     "one of auto, onnx, keras, jax"),
+    ("unknown model device", {"model_device": "tpu"}, "model_device",
+     "one of cpu, gpu, cuda, auto"),
+    ("memory fraction above one", {"model_backend": "jax", "model_memory_fraction": 1.5},
+     "model_memory_fraction", "a number > 0 and ≤ 1 or null, got 1.5"),
+    ("memory fraction zero", {"model_backend": "jax", "model_memory_fraction": 0},
+     "model_memory_fraction", "a number > 0 and ≤ 1 or null, got 0"),
+    ("memory fraction as text", {"model_backend": "jax", "model_memory_fraction": "half"},
+     "model_memory_fraction", "got string 'half'"),
+    ("memory fraction without jax", {"model_backend": "onnx", "model_memory_fraction": 0.5},
+     "model_memory_fraction", "model_backend jax only, not onnx"),
+    ("memory fractions past the GPU",
+     {"model_backend": "jax", "model_memory_fraction": 0.3, "processes": 4},
+     "model_memory_fraction", "4 processes × 0.3 of the GPU's memory is more than all of it; "
+     "use at most 0.25"),
     ("negative model threads", {"model_threads": -1}, "model_threads", "from 0 to 256"),
     ("processes as text", {"processes": "two"}, "processes", "got string 'two'"),
     ("metrics ports past 65535", {"processes": 4, "metrics": {"port": 65534}}, "processes",
@@ -446,6 +459,28 @@ def test_model_backend_defaults_to_auto_and_comes_from_the_environment(tmp_path:
                          env={"STAMP_WORKER__MODEL_BACKEND": "keras",
                               "STAMP_WORKER__MODEL_THREADS": "1"})
     assert (config.model_backend, config.model_threads) == ("keras", 1)
+
+
+def test_jax_backend_keys(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path / "worker.yaml", MINIMAL), env={})
+    assert config.model_memory_fraction is None
+    config = load_config(write(tmp_path / "worker.yaml", merged(MINIMAL, {
+        "model_backend": "jax", "model_device": "gpu", "model_memory_fraction": 0.25,
+        "processes": 4})), env={})
+    assert (config.model_backend, config.model_device, config.model_memory_fraction,
+            config.processes) == ("jax", "gpu", 0.25, 4)
+    assert isinstance(config.model_memory_fraction, float)
+    config = load_config(write(tmp_path / "worker.yaml", MINIMAL),
+                         env={"STAMP_WORKER__MODEL_BACKEND": "jax",
+                              "STAMP_WORKER__MODEL_DEVICE": "auto",
+                              "STAMP_WORKER__MODEL_MEMORY_FRACTION": "0.5"})
+    assert (config.model_backend, config.model_device, config.model_memory_fraction) == (
+        "jax", "auto", 0.5)
+    # An environment override can take the fraction away again (null: nothing reserved).
+    config = load_config(write(tmp_path / "worker.yaml", merged(MINIMAL, {
+        "model_backend": "jax", "model_memory_fraction": 0.5})),
+        env={"STAMP_WORKER__MODEL_MEMORY_FRACTION": "null"})
+    assert config.model_memory_fraction is None
 
 
 def test_model_path_must_be_a_directory(tmp_path: Path) -> None:

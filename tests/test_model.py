@@ -266,8 +266,8 @@ def test_onnx_backend_refusals(rotinv_dir: Path, rotinv_onnx_dir: Path, tmp_path
         StampModel.load(rotinv_dir, backend="onnx")
     with pytest.raises(ModelError, match="unknown model backend 'torch'"):
         StampModel.load(rotinv_onnx_dir, backend="torch")
-    with pytest.raises(ModelError, match="unknown model device 'gpu'"):
-        StampModel.load(rotinv_onnx_dir, device="gpu")
+    with pytest.raises(ModelError, match="unknown model device 'tpu'"):
+        StampModel.load(rotinv_onnx_dir, device="tpu")
     changed = shutil.copytree(rotinv_onnx_dir, tmp_path / "changed")
     with open(changed / "model.onnx", "ab") as stream:
         stream.write(b"\0")

@@ -238,10 +238,10 @@ def classify_command(paths: Sequence[str], output: str | None, fmt: str,
         Where refusals and the summary go.
     quiet : bool
         Only the summary on ``err``, not one line per refusal.
-    backend : {"auto", "onnx", "keras"}
+    backend : {"auto", "onnx", "keras", "jax"}
         What runs the model (:meth:`worker.model.StampModel.load`).
-    device : {"cpu", "cuda", "auto"}
-        Where the ONNX backend runs it.
+    device : {"cpu", "gpu", "cuda", "auto"}
+        Where the ONNX and JAX backends run it.
 
     Returns
     -------

@@ -192,8 +192,7 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
 
         health.set_ready(False, f"connecting to Kafka at {config.kafka.bootstrap_servers}")
         try:
-            check_reachable("consumer", {**config.kafka.consumer,
-                                         "bootstrap.servers": config.kafka.bootstrap_servers},
+            check_reachable("consumer", config.kafka.client_settings("consumer"),
                             config.kafka.connect_timeout_s,
                             what=f"kafka.bootstrap_servers (or {ENV_BOOTSTRAP})")
         except ClusterError as exc:
@@ -201,11 +200,12 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
         try:
             model = StampModel.load(config.model_path, backend=config.model_backend,
                                     device=config.model_device,
-                                    threads=config.model_threads)
+                                    threads=config.model_threads,
+                                    memory_fraction=config.model_memory_fraction)
         except ModelError as exc:
             raise SystemExit(f"stamp-worker run: model: {exc}") from exc
-        log.info("model %s v%s from %s (%s backend)", model.name, model.version, model.path,
-                 model.backend)
+        log.info("model %s v%s from %s (%s backend, %s)", model.name, model.version,
+                 model.path, model.backend, model.device)
         schema_registry = (ConfluentSchemaRegistry(config.registry.url, config.registry.client)
                            if config.registry.url else None)
         try:
@@ -364,11 +364,13 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                    help="alerts per model call")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="what runs the model: onnx (ONNX Runtime, no TensorFlow), keras, or "
-                   "auto (default: onnx when the artifact has model.onnx)")
+                   help="what runs the model: onnx (ONNX Runtime, no TensorFlow), keras "
+                   "(Keras on TensorFlow), jax (Keras on JAX), or auto (default: onnx when "
+                   "the artifact has model.onnx)")
     p.add_argument("--device", choices=DEVICES, default="cpu",
-                   help="where the onnx backend runs: cpu (default), cuda (needs "
-                   "onnxruntime-gpu) or auto")
+                   help="where the onnx and jax backends run: cpu (default), gpu or cuda "
+                   "(an NVIDIA GPU: pip install 'stamp-classifier-worker[gpu]'), or auto "
+                   "(the GPU when usable)")
     p.add_argument("--asteroid-policy", action="store_true",
                    help="label alerts within 5 arcsec of a known solar-system object "
                    "asteroid without the model (as the worker's asteroid_policy)")

@@ -29,10 +29,12 @@ problem, each as ``key.path: what is wrong, what to do``, so one run shows all t
 to fix. The dataclasses check themselves too, so a :class:`WorkerConfig` built in code is
 held to the same rules as one read from a file.
 
-The librdkafka dictionaries (``kafka.consumer``, ``kafka.producer``) and the schema
-registry client's (``registry.client``) pass through: security (``security.protocol``,
-``sasl.*``, ``ssl.*``) and tuning belong there. Their secrets are redacted by
-:func:`to_dict` and by ``repr``, so a logged configuration leaks no password.
+The librdkafka dictionaries (``kafka.common`` for both clients, ``kafka.consumer``,
+``kafka.producer``) and the schema registry client's (``registry.client``) pass through:
+security (``security.protocol``, ``sasl.*``, ``ssl.*``: in ``kafka.common``, so that
+one Secret, ``STAMP_WORKER__KAFKA__COMMON__SASL_PASSWORD``, serves both) and tuning
+belong there. Their secrets are redacted by :func:`to_dict` and by ``repr``, so a logged
+configuration leaks no password.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from worker.model import BACKENDS as MODEL_BACKENDS
+from worker.model import CLASS_NAMES
 from worker.model import DEVICES as MODEL_DEVICES
 from worker.stamps import PreprocessConfig
 
@@ -256,6 +259,14 @@ def _number(value: Any, *, positive: bool = False, optional: bool = False,
     if not math.isfinite(value) or (positive and value <= 0):
         return _fail(f"expected {expected}, got {value}")
     return float(value)
+
+
+def _fraction(value: Any) -> float | None:
+    """A share of something: a number in (0, 1], or null."""
+    number = _number(value, optional=True)
+    if number is not None and not 0 < number <= 1:
+        return _fail(f"expected a number > 0 and ≤ 1 or null, got {number:g}")
+    return number
 
 
 def _one_of(value: Any, *, choices: tuple[str, ...]) -> str:
@@ -505,7 +516,9 @@ class _Checks:
                 self.add(owned[key], name, key)
                 continue
             if isinstance(value, _EnvText):
-                value = _scalar(value)
+                # A password is text as given: "1.50" would otherwise reach librdkafka
+                # as the number 1.5, that is "1.5".
+                value = str(value) if _is_secret(key) else _scalar(value)
             if not isinstance(value, (str, int, float)):  # bool is an int
                 self.add(f"expected a string, number or boolean, "
                          f"{_got(value, secret=_is_secret(key))}", name, key)
@@ -539,6 +552,7 @@ _PRODUCER_OWNED = {
                         "stable transactional.id for each process from group_id and "
                         "instance_id (or the host name)",
 }
+_COMMON_OWNED = {**_PRODUCER_OWNED, **_CONSUMER_OWNED}
 _REGISTRY_OWNED = {"url": "set registry.url instead"}
 
 
@@ -556,20 +570,27 @@ class KafkaConfig:
         How long a command waits at start for the cluster to answer [s] before it stops
         with a message naming the address (librdkafka itself would retry forever).
     consumer, producer : Mapping[str, str | int | float | bool]
-        librdkafka properties for the consumer and the producer (``security.protocol``,
-        ``sasl.*``, ``ssl.*``, ``session.timeout.ms``...). Stored read-only. Not allowed:
+        librdkafka properties for the consumer and the producer (``session.timeout.ms``,
+        ``linger.ms``...), over those of ``common``. Stored read-only. Not allowed:
         ``bootstrap.servers`` and ``group.id`` (they come from the typed fields),
         ``enable.auto.commit: true`` (the worker commits an offset only once the labels of
         its batch are delivered), ``enable.partition.eof``, ``group.instance.id`` and
         ``transactional.id`` (see ``instance_id`` and ``exactly_once``).  Names and
         values are checked by librdkafka itself when the configuration is loaded, and a
         property of the other client is refused.
+    common : Mapping[str, str | int | float | bool]
+        librdkafka properties of both clients: how to reach and log in to the cluster
+        (``security.protocol``, ``sasl.mechanism``, ``sasl.username``,
+        ``sasl.password``, ``ssl.ca.location``...).  A property of one client only is
+        refused (it belongs in ``consumer`` or ``producer``), and so are those refused
+        there.
     """
 
     bootstrap_servers: str
     connect_timeout_s: float = 30.0
     consumer: Mapping[str, Any] = field(default_factory=dict)
     producer: Mapping[str, Any] = field(default_factory=dict)
+    common: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = _Checks(self, "kafka")
@@ -577,22 +598,53 @@ class KafkaConfig:
         checks.field("connect_timeout_s", _number, positive=True)
         consumer = checks.passthrough("consumer", _CONSUMER_OWNED)
         producer = checks.passthrough("producer", _PRODUCER_OWNED)
-        if _valid(consumer):
+        common = checks.passthrough("common", _COMMON_OWNED)
+        for section, settings in (("common", common), ("consumer", consumer)):
+            if not _valid(settings):
+                continue
             # auto.commit.enable is librdkafka's old (topic-level) name for the same thing.
             for key in ("enable.auto.commit", "auto.commit.enable"):
-                if key in consumer and _librdkafka_bool(consumer[key]) is not False:
+                if key in settings and _librdkafka_bool(settings[key]) is not False:
                     checks.add("must not be true: the worker commits an offset only after "
                                "the labels of its batch are delivered, automatic commits "
-                               "would lose alerts on a crash; remove it", "consumer", key)
+                               "would lose alerts on a crash; remove it", section, key)
         # librdkafka itself judges names and values (a typo would otherwise surface as
-        # a traceback once the model has loaded); no connection is made.
+        # a traceback once the model has loaded); no connection is made. Each client is
+        # judged with what it gets, common and its own together (SASL_SSL in common
+        # needs sasl.mechanism, wherever it is); a problem is named where it was set.
         from worker.cluster import property_problems
 
+        seen: set[tuple[str, ...]] = set()
         for role, settings in (("consumer", consumer), ("producer", producer)):
-            if _valid(settings):
-                for key, message in property_problems(role, settings):  # type: ignore[arg-type]
-                    checks.add(message, role, key)
+            if _valid(settings, common):
+                merged = {**common, **settings}  # type: ignore[dict-item]
+                for key, message in property_problems(role, merged):  # type: ignore[arg-type]
+                    # A combination ("" key) is the client's; a property, where it was set.
+                    own = not key or key in settings or key not in common  # type: ignore[operator]
+                    where = (role, key) if key else (role,)
+                    if not own:
+                        where = ("common", key)
+                    if where + (message,) not in seen:
+                        seen.add(where + (message,))
+                        checks.add(message, *where)
         checks.done()
+
+    def client_settings(self, role: str) -> dict[str, Any]:
+        """The librdkafka settings of one client: ``common``, then the client's own.
+
+        Parameters
+        ----------
+        role : {"consumer", "producer"}
+            Which client.
+
+        Returns
+        -------
+        dict
+            A new dict with ``bootstrap.servers``; the caller adds what it owns
+            (``group.id``, callbacks).
+        """
+        own = self.consumer if role == "consumer" else self.producer
+        return {**self.common, **own, "bootstrap.servers": self.bootstrap_servers}
 
     def __repr__(self) -> str:
         return _redacting_repr(self)
@@ -600,7 +652,7 @@ class KafkaConfig:
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy cannot be pickled or deep-copied; rebuild from plain dicts.
         return (type(self), (self.bootstrap_servers, self.connect_timeout_s,
-                             dict(self.consumer), dict(self.producer)))
+                             dict(self.consumer), dict(self.producer), dict(self.common)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -788,10 +840,100 @@ def _registry_client_problem(url: str, client: Mapping[str, Any]) -> str | None:
     return None
 
 
+BUNDLED_MODEL_BASELINE: Mapping[str, float] = MappingProxyType({
+    "AGN": 0.092, "SN": 0.159, "VS": 0.551, "asteroid": 0.062, "bogus": 0.136})
+"""Top-class shares of the bundled model (rotinv v2) on the 1656 alerts of the shared
+real data that it labels: ``stamp-worker classify ../shared/data -f csv -o labels.csv``
+gave AGN 152, SN 264, VS 912, asteroid 102, bogus 226.  That sample is a mix of test
+files and class-selected sets of other brokers, not one night's stream: measure a
+normal night and set ``drift.baseline`` from it."""
+BASELINE_SUM_TOLERANCE = 0.01
+"""How far from 1 the baseline shares may sum (shares rounded to 2-3 decimals)."""
+
+
+def _baseline(value: Any) -> Mapping[str, float]:
+    """Class shares: a mapping with every class name, or ``AGN=0.1,SN=0.2,...`` text."""
+    if isinstance(value, _EnvText):
+        pairs: dict[str, Any] = {}
+        for part in str(value).split(","):
+            name, sep, share = part.partition("=")
+            if not sep or not name.strip():
+                return _fail(f"expected CLASS=SHARE pairs separated by commas "
+                             f"(e.g. {CLASS_NAMES[0]}=0.1,{CLASS_NAMES[1]}=0.2,...), got "
+                             f"{part.strip()!r}")
+            pairs[name.strip()] = _scalar(share)
+        value = pairs
+    if not isinstance(value, Mapping):
+        return _fail(f"expected a mapping of class: share for {', '.join(CLASS_NAMES)}, "
+                     f"{_got(value)}")
+    problems = []
+    for name in value:
+        if name not in CLASS_NAMES:
+            same = [known for known in CLASS_NAMES if known.lower() == str(name).lower()]
+            hint = f"; did you mean {same[0]!r}?" if same else ""
+            problems.append(f"unknown class {name!r}{hint}")
+    missing = [name for name in CLASS_NAMES if name not in value]
+    if missing:
+        problems.append(f"no share for {', '.join(missing)}")
+    for name in CLASS_NAMES:
+        share = value.get(name)
+        if name in value and (isinstance(share, bool) or not isinstance(share, (int, float))
+                              or not 0 <= share <= 1):
+            problems.append(f"{name}: expected a share from 0 to 1, {_got(share)}")
+    if problems:
+        return _fail("; ".join(problems) + f" (classes: {', '.join(CLASS_NAMES)})")
+    total = math.fsum(float(value[name]) for name in CLASS_NAMES)
+    if abs(total - 1) > BASELINE_SUM_TOLERANCE:
+        return _fail(f"the shares sum to {total:.4g}, not 1 (± {BASELINE_SUM_TOLERANCE:g})")
+    return MappingProxyType({name: float(value[name]) for name in CLASS_NAMES})
+
+
+def _distance(value: Any) -> float | None:
+    number = _number(value, positive=True)
+    if number is not None and number > 1:
+        return _fail(f"expected a total variation distance > 0 and <= 1, got {number:g}")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class DriftConfig:
+    """What the model's predictions should look like, for the drift alert.
+
+    Exported as ``stamp_worker_drift_baseline_share{class}`` and
+    ``stamp_worker_drift_max_distance``; the Prometheus rule ``StampWorkerClassDrift``
+    compares the shares of top classes predicted over the last hour with them.
+
+    Parameters
+    ----------
+    baseline : Mapping[str, float]
+        Expected share of each top class among the model's predictions, one per class
+        of :data:`worker.model.CLASS_NAMES`, from 0 to 1, summing to 1 (± 0.01).  In
+        the environment: ``STAMP_WORKER__DRIFT__BASELINE=AGN=0.1,SN=0.2,...``.  Default:
+        :data:`BUNDLED_MODEL_BASELINE`, the bundled model's; set it with any other model.
+    max_distance : float
+        Largest total variation distance (half the sum of the absolute share
+        differences: the fraction of predictions that would have to change class) still
+        taken as normal, in (0, 1].
+    """
+
+    baseline: Mapping[str, float] = field(default_factory=lambda: BUNDLED_MODEL_BASELINE)
+    max_distance: float = 0.2
+
+    def __post_init__(self) -> None:
+        checks = _Checks(self, "drift")
+        checks.field("baseline", _baseline)
+        checks.field("max_distance", _distance)
+        checks.done()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A mappingproxy cannot be pickled or deep-copied; rebuild from a plain dict.
+        return (type(self), (dict(self.baseline), self.max_distance))
+
+
 _SECTION_TYPES: dict[str, type] = {
     "kafka": KafkaConfig, "topics": TopicsConfig, "batch": BatchConfig,
     "preprocessing": PreprocessConfig, "metrics": MetricsConfig,
-    "asteroid_policy": AsteroidPolicy, "registry": RegistryConfig}
+    "asteroid_policy": AsteroidPolicy, "registry": RegistryConfig, "drift": DriftConfig}
 
 
 @dataclass(frozen=True, slots=True)
@@ -828,21 +970,33 @@ class WorkerConfig:
     model_backend : str
         What runs the model: ``onnx`` (ONNX Runtime on the artifact's ``model.onnx``;
         TensorFlow is never imported: a peak of about 0.4 GB resident per process
-        instead of 1.1 GB, ready in under a second), ``keras`` (Keras on TensorFlow), or ``auto``
-        (default: ``onnx`` when the artifact lists a ``model.onnx``, else ``keras``).
+        instead of 1.1 GB, ready in under a second), ``keras`` (Keras on TensorFlow),
+        ``jax`` (Keras on JAX, on the CPU or a GPU: the worker sets ``KERAS_BACKEND=jax``
+        before Keras is imported), or ``auto`` (default: ``onnx`` when the artifact
+        lists a ``model.onnx``, else ``keras``).
     model_device : str
-        ONNX backend: ``cpu`` (default), ``cuda`` (needs the ``gpu`` extra,
-        onnxruntime-gpu) or ``auto`` (CUDA when available).
+        ONNX and JAX backends: ``cpu`` (default), ``gpu`` or its synonym ``cuda`` (an
+        NVIDIA GPU; needs the ``gpu`` extra: onnxruntime-gpu, jax[cuda12]; without a
+        usable GPU the worker stops with one line saying what is missing) or ``auto``
+        (the GPU when one is usable, else the CPU).
     model_threads : int
         ONNX backend: threads per prediction; 0 (default): ONNX Runtime's choice, one
         per physical core.  With several worker processes on few cores, 1 avoids
         oversubscription.
+    model_memory_fraction : float or None
+        JAX backend on a GPU: share of the GPU's memory each worker process reserves
+        at start (``XLA_PYTHON_CLIENT_MEM_FRACTION``), 0 < x ≤ 1; ``processes`` times it
+        must not pass 1.  None (default): nothing reserved, memory taken as needed
+        (``XLA_PYTHON_CLIENT_PREALLOCATE=false``), so that several processes share one
+        GPU; JAX alone would take 75 % of it in the first process.
     metrics : MetricsConfig
         Prometheus endpoint.
     asteroid_policy : AsteroidPolicy
         Known-asteroid shortcut (off by default).
     registry : RegistryConfig
         Schema registry for Confluent-framed messages.
+    drift : DriftConfig
+        Expected class shares of the model's predictions, for the drift alert.
     exactly_once : bool
         Transactional producer: labels and offsets are committed atomically (consumers of
         the labels must read with ``isolation.level=read_committed``).
@@ -870,9 +1024,11 @@ class WorkerConfig:
     model_backend: str = "auto"
     model_device: str = "cpu"
     model_threads: int = 0
+    model_memory_fraction: float | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     asteroid_policy: AsteroidPolicy = field(default_factory=AsteroidPolicy)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     exactly_once: bool = False
     shutdown_timeout_s: float = 30.0
     processes: int = 1
@@ -884,12 +1040,21 @@ class WorkerConfig:
         checks.field("group_id", _text)
         instance_id = checks.field("instance_id", _instance_id)
         checks.field("model_path", _model_dir)
-        checks.field("model_backend", _one_of, choices=MODEL_BACKENDS)
+        backend = checks.field("model_backend", _one_of, choices=MODEL_BACKENDS)
         checks.field("model_device", _one_of, choices=MODEL_DEVICES)
         checks.field("model_threads", _integer, low=0, high=256)
+        memory_fraction = checks.field("model_memory_fraction", _fraction)
         exactly_once = checks.field("exactly_once", _boolean)
         checks.field("shutdown_timeout_s", _number, positive=True, unit="s")
         processes = checks.field("processes", _integer, low=1, high=MAX_PROCESSES)
+        if isinstance(memory_fraction, float):
+            if isinstance(backend, str) and backend != "jax":
+                checks.add(f"is used by model_backend jax only, not {backend}; remove it or "
+                           "set model_backend: jax", "model_memory_fraction")
+            elif isinstance(processes, int) and processes * memory_fraction > 1 + 1e-9:
+                checks.add(f"{processes} processes × {memory_fraction:g} of the GPU's memory "
+                           f"is more than all of it; use at most {1 / processes:.3g}",
+                           "model_memory_fraction")
         if (isinstance(processes, int) and isinstance(self.metrics, MetricsConfig)
                 and self.metrics.port and self.metrics.port + processes - 1 > 65535):
             checks.add(f"{processes} processes serve metrics on ports {self.metrics.port} to "
@@ -914,7 +1079,8 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     name: (("crop_size", "non_square") if cls is PreprocessConfig
            else tuple(item.name for item in fields(cls)))
     for name, cls in _SECTION_TYPES.items()}
-_PASSTHROUGH = frozenset({("kafka", "consumer"), ("kafka", "producer"), ("registry", "client")})
+_PASSTHROUGH = frozenset({("kafka", "consumer"), ("kafka", "producer"), ("kafka", "common"),
+                          ("registry", "client")})
 
 
 # ---------------------------------------------------------------------------- loading
@@ -1190,6 +1356,49 @@ def load_config(path: str | Path | None = None,
         raise ConfigError([(f"{key} (from {origins[key]})" if key in origins else key, message)
                            for key, message in problems], source=source)
     return config
+
+
+def kafka_common_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``kafka.common`` properties that ``STAMP_WORKER__KAFKA__COMMON__*`` variables set.
+
+    They are the cluster's security settings, for commands without a config file:
+    ``stamp-worker replay`` and ``labels`` use them, so the variables that give the
+    worker its credentials (a Kubernetes Secret) serve them too, and a password need not
+    be typed on a command line (where ``ps`` shows it).
+
+    Parameters
+    ----------
+    env : Mapping[str, str], optional
+        The environment (default ``os.environ``).
+
+    Returns
+    -------
+    dict
+        Property → value, read as the worker reads them (``_`` for ``.`` in a name
+        without dots; YAML 1.2 scalars).
+
+    Raises
+    ------
+    ConfigError
+        A variable whose name is not one property (``..._COMMON`` alone), naming it.
+    """
+    env = os.environ if env is None else env
+    prefix = f"{ENV_PREFIX}KAFKA__COMMON"
+    out: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for var in sorted(env):
+        if not var.upper().startswith(prefix):
+            continue
+        try:
+            path = _env_key_path(var)
+        except _Bad as exc:
+            problems.append((var, str(exc)))
+            continue
+        if path[:2] == ("kafka", "common"):
+            out[path[2]] = env[var] if _is_secret(path[2]) else _scalar(env[var])
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def default_config(bootstrap_servers: str = "127.0.0.1:9092") -> WorkerConfig:

@@ -126,7 +126,8 @@ def _demo(bootstrap: str, payloads: list[Payload], started: float, timeout_s: fl
                             dead_letter=topics["dead"]))
     model = StampModel.load(config.model_path, backend=config.model_backend,
                             device=config.model_device,
-                            threads=config.model_threads)
+                            threads=config.model_threads,
+                            memory_fraction=config.model_memory_fraction)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     health = HealthState()

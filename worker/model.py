@@ -16,17 +16,26 @@ unsafe deserialization (Keras safe mode stays on).  :meth:`StampModel.predict` t
 preprocessed images and *raw* feature vectors, encodes the features as the manifest
 says (:class:`worker.features.FeatureEncoding`) and returns probabilities.
 
-Two backends run the model: ``keras`` (Keras 3, so the same artifact runs with
-``KERAS_BACKEND`` set to ``tensorflow`` or ``jax``) and ``onnx`` (ONNX Runtime on
-``model.onnx``; neither TensorFlow nor Keras is imported, which saves about 0.7 GB of
-resident memory and 3 s of start-up per process).  ``auto`` picks ``onnx``
-when the artifact has a listed ``model.onnx`` and ``keras`` otherwise.
+Three backends run the model: ``keras`` (Keras 3, so the same artifact runs with
+``KERAS_BACKEND`` set to ``tensorflow`` or ``jax``), ``jax`` (Keras on JAX, whatever
+``KERAS_BACKEND`` says: on the CPU or, with JAX's CUDA plugin, on a GPU) and ``onnx``
+(ONNX Runtime on ``model.onnx``; neither TensorFlow nor Keras is imported, which saves
+about 0.7 GB of resident memory and 3 s of start-up per process).  ``auto`` picks
+``onnx`` when the artifact has a listed ``model.onnx`` and ``keras`` otherwise.
+
+Keras compiles the model again for every new batch shape (JAX's ``jit`` and
+TensorFlow's tracing alike), so the Keras backends pad each batch to a power of two
+(:func:`bucket_size`) and cut larger ones into calls of :data:`MAX_MODEL_BATCH` alerts:
+at most ten shapes, which :meth:`StampModel.warm_up` compiles before the first alert.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
+import sys
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -42,15 +51,147 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 MANIFEST_FORMAT = 1
-#: Model backends: ``auto`` is ``onnx`` when the artifact lists a ``model.onnx``.
-BACKENDS: tuple[str, ...] = ("auto", "onnx", "keras")
-#: Where the ONNX backend runs: ``auto`` is CUDA when onnxruntime-gpu finds a GPU.
-DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
+#: Model backends: ``auto`` is ``onnx`` when the artifact lists a ``model.onnx``;
+#: ``jax`` is Keras on JAX.
+BACKENDS: tuple[str, ...] = ("auto", "onnx", "keras", "jax")
+#: Where the ``onnx`` and ``jax`` backends run the model: ``cuda`` and ``gpu`` both name
+#: an NVIDIA GPU (ONNX Runtime's CUDA provider, JAX's CUDA plugin); ``auto`` is the GPU
+#: when one is usable, else the CPU.  Keras on TensorFlow (``keras``) runs on the CPU.
+DEVICES: tuple[str, ...] = ("cpu", "gpu", "cuda", "auto")
+#: Most alerts in one call of a Keras model: larger batches are cut into calls of this
+#: size, so the padded shapes are 8, 16, ..., 4096 (ten compilations) whatever
+#: ``batch.max_messages`` is, and a GPU gets batches large enough to keep it busy.
+MAX_MODEL_BATCH = 4096
+#: The install that gives JAX its CUDA 12 plugin (and ONNX Runtime its CUDA provider).
+GPU_INSTALL = "pip install 'stamp-classifier-worker[gpu]'"
+# JAX's CUDA 12 plugin: the modules of the jax-cuda12-plugin and jax-cuda12-pjrt wheels.
+_JAX_CUDA_MODULES = ("jax_plugins.xla_cuda12", "jax_cuda12_plugin")
 
 
 def bucket_size(n: int) -> int:
     """The padded batch size used for ``n`` examples: the next power of two (at least 8)."""
     return max(8, 1 << (max(n, 1) - 1).bit_length())
+
+
+def padded_sizes(max_batch: int) -> list[int]:
+    """The batch shapes a Keras model is called with for batches of up to ``max_batch``.
+
+    Parameters
+    ----------
+    max_batch : int
+        Largest batch passed to :meth:`StampModel.predict` [alerts].
+
+    Returns
+    -------
+    list of int
+        8, 16, ... up to ``bucket_size(max_batch)``, at most :data:`MAX_MODEL_BATCH`.
+    """
+    largest = bucket_size(min(max_batch, MAX_MODEL_BATCH))
+    return [1 << k for k in range(3, largest.bit_length())]
+
+
+def use_jax(device: str = "auto", memory_fraction: float | None = None) -> None:
+    """Set this process up for Keras on JAX; call it before anything imports Keras.
+
+    Keras picks its backend once, when it is first imported, from ``KERAS_BACKEND``;
+    JAX reads its platform and GPU memory settings from the environment when it starts
+    its backends.  Each worker process is a fresh interpreter (``processes: N`` starts
+    ``python -m worker.cli run``), so setting them here, before the model is loaded,
+    is in time.
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu", "cuda", "auto"}
+        ``cpu`` sets ``JAX_PLATFORMS=cpu``, so that JAX does not touch a GPU at all;
+        the others leave JAX free to find one (:func:`jax_device` checks it).
+    memory_fraction : float, optional
+        Share of the GPU's memory this process reserves at start (0 < x ≤ 1), as
+        ``XLA_PYTHON_CLIENT_MEM_FRACTION`` with preallocation on.  None: no
+        preallocation (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless the environment
+        says otherwise), so that several worker processes can share one GPU: JAX's
+        default is to grab 75 % of it in the first process.
+
+    Raises
+    ------
+    ModelError
+        Keras is already imported in this process on another backend.
+    """
+    if "keras" in sys.modules:
+        import keras
+
+        current = keras.backend.backend()
+        if current != "jax":
+            raise ModelError(f"model backend jax: Keras is already imported on the {current} "
+                             "backend in this process (one process has one Keras backend); "
+                             "run it in a fresh process, or set KERAS_BACKEND=jax before "
+                             "Keras is imported")
+    os.environ["KERAS_BACKEND"] = "jax"
+    if memory_fraction is None:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    else:
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true"
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{memory_fraction:g}"
+    if device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def _jax_cuda_plugin() -> bool:
+    """Whether JAX's CUDA 12 plugin is installed (without importing it)."""
+    for name in _JAX_CUDA_MODULES:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):  # a parent package that is missing
+            continue
+    return False
+
+
+def jax_device(device: str) -> Any:
+    """The JAX device that runs the model for ``device`` (after :func:`use_jax`).
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu", "cuda", "auto"}
+        ``gpu`` and ``cuda``: JAX's first GPU, or an error saying what to install;
+        ``auto``: a GPU when JAX has one, else the CPU.
+
+    Returns
+    -------
+    jax.Device
+        Also made JAX's default device, where Keras creates the model's weights.
+
+    Raises
+    ------
+    ModelError
+        A GPU asked for and none usable, with what to install or check.
+    """
+    import jax
+
+    gpus: list[Any] = []
+    if device != "cpu":
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:  # "Unknown backend: 'gpu' requested..."
+            gpus = []
+    if gpus:
+        chosen = gpus[0]
+        # Full float32 matrix products: JAX would use TF32 on Ampere and later GPUs
+        # (10-bit mantissa), and the probabilities would drift from the CPU's by ~1e-3.
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif device in ("gpu", "cuda"):
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        if platforms and not {"cuda", "gpu"} & set(platforms.split(",")):
+            why = f"JAX_PLATFORMS={platforms} in the environment hides the GPU; unset it"
+        elif not _jax_cuda_plugin():
+            why = f"JAX has no CUDA plugin: {GPU_INSTALL} (jax[cuda12])"
+        else:
+            why = ("JAX's CUDA plugin is installed but finds no usable GPU; check the "
+                   "NVIDIA driver (nvidia-smi)")
+        raise ModelError(f"model device {device}: {why}, or use model_device cpu")
+    else:
+        chosen = jax.devices("cpu")[0]
+    jax.config.update("jax_default_device", chosen)
+    return chosen
 
 
 class ModelError(RuntimeError):
@@ -137,9 +278,9 @@ class _OnnxRunner:
 
 
 def onnx_providers(device: str) -> list[str]:
-    """ONNX Runtime execution providers for ``device`` (``cpu``, ``cuda`` or ``auto``).
+    """ONNX Runtime execution providers for ``device`` (``cpu``, ``cuda``/``gpu``, ``auto``).
 
-    ``cuda`` needs the ``onnxruntime-gpu`` package (extra ``gpu``); ``auto`` uses CUDA
+    ``cuda`` (or ``gpu``) needs the ``onnxruntime-gpu`` package (extra ``gpu``); ``auto`` uses CUDA
     when that package finds a GPU and the CPU otherwise.
 
     Raises
@@ -151,11 +292,11 @@ def onnx_providers(device: str) -> list[str]:
 
     available = onnxruntime.get_available_providers()
     cuda = "CUDAExecutionProvider" in available
-    if device == "cuda" and not cuda:
-        raise ModelError("model device cuda: this ONNX Runtime has no CUDA provider "
+    if device in ("cuda", "gpu") and not cuda:
+        raise ModelError(f"model device {device}: this ONNX Runtime has no CUDA provider "
                          f"(available: {', '.join(available)}); install the gpu extra "
                          "(onnxruntime-gpu) or use device cpu")
-    if device in ("cuda", "auto") and cuda:
+    if device in ("cuda", "gpu", "auto") and cuda:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -167,17 +308,19 @@ class StampModel:
     """
 
     def __init__(self, runner: Any, manifest: Manifest, path: Path,
-                 backend: str = "keras") -> None:
+                 backend: str = "keras", device: str = "cpu") -> None:
         self._model = runner
         self.manifest = manifest
         self.path = path
         self.backend = backend
+        #: Where the model runs, for people: ``cpu``, ``cuda`` or ``gpu (<device kind>)``.
+        self.device = device
         self.preprocess = manifest.preprocess_config()
 
     @property
     def keras_model(self) -> Any:
-        """The Keras model (for training and export); only with the ``keras`` backend."""
-        if self.backend != "keras":
+        """The Keras model (for training and export); with the ``keras`` or ``jax`` backend."""
+        if self.backend not in ("keras", "jax"):
             raise ModelError(f"{self.path}: loaded with the {self.backend} backend; load it "
                              "with backend='keras' to get the Keras model")
         return self._model
@@ -194,7 +337,8 @@ class StampModel:
 
     @classmethod
     def load(cls, path: str | Path | None = None, warm_up: bool = True,
-             backend: str = "auto", device: str = "cpu", threads: int = 0) -> StampModel:
+             backend: str = "auto", device: str = "cpu", threads: int = 0,
+             memory_fraction: float | None = None) -> StampModel:
         """Load an artifact directory (default: the bundled model).
 
         Parameters
@@ -204,14 +348,19 @@ class StampModel:
             optionally ``model.onnx``).
         warm_up : bool
             Run one prediction so the first real batch does not pay for tracing.
-        backend : {"auto", "onnx", "keras"}
+        backend : {"auto", "onnx", "keras", "jax"}
             ``auto``: ONNX Runtime when the manifest lists a ``model.onnx``, else Keras.
-        device : {"cpu", "cuda", "auto"}
-            ONNX backend only: where ONNX Runtime runs the model (see
-            :func:`onnx_providers`).
+            ``jax``: Keras on JAX (:func:`use_jax` runs first; Keras must not have been
+            imported on another backend in this process).
+        device : {"cpu", "gpu", "cuda", "auto"}
+            ONNX and JAX backends: where the model runs (see :func:`onnx_providers` and
+            :func:`jax_device`); ``gpu`` and ``cuda`` are the same.
         threads : int
             ONNX backend only: threads for one prediction (0: ONNX Runtime's default,
             one per physical core).
+        memory_fraction : float, optional
+            JAX backend only: share of the GPU's memory this process reserves
+            (0 < x ≤ 1); None: none reserved, memory taken as needed (:func:`use_jax`).
 
         Raises
         ------
@@ -241,6 +390,8 @@ class StampModel:
             backend = "onnx" if isinstance(onnx_entry, dict) else "keras"
         if backend == "onnx":
             stamp_model = cls._load_onnx(path, manifest, onnx_entry, device, threads)
+        elif backend == "jax":
+            stamp_model = cls._load_jax(path, manifest, device, memory_fraction)
         else:
             stamp_model = cls._load_keras(path, manifest)
         if warm_up:
@@ -283,7 +434,29 @@ class StampModel:
             raise ModelError(f"{onnx_path}: the model takes {shapes['features'][-1]} "
                              f"features, the manifest's encoding gives "
                              f"{manifest.features.width}")
-        return cls(_OnnxRunner(session), manifest, path, backend="onnx")
+        cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+        return cls(_OnnxRunner(session), manifest, path, backend="onnx",
+                   device="cuda" if cuda else "cpu")
+
+    @classmethod
+    def _load_jax(cls, path: Path, manifest: Manifest, device: str,
+                  memory_fraction: float | None) -> StampModel:
+        """Keras on JAX, on the CPU or a GPU (imports neither TensorFlow nor ONNX Runtime)."""
+        if memory_fraction is not None and not 0 < memory_fraction <= 1:
+            raise ModelError(f"model memory fraction must be in (0, 1], got {memory_fraction}")
+        use_jax(device, memory_fraction)
+        try:
+            import jax  # noqa: F401
+            import keras  # noqa: F401
+        except ImportError as exc:
+            raise ModelError(f"model_backend jax needs Keras and JAX, which are not "
+                             f"installed ({exc}): pip install 'stamp-classifier-worker[jax]' "
+                             f"(CPU) or {GPU_INSTALL} (NVIDIA GPU)") from exc
+        chosen = jax_device(device)
+        loaded = cls._load_keras(path, manifest)
+        kind = getattr(chosen, "device_kind", "") or ""
+        where = f"gpu ({kind})" if chosen.platform != "cpu" else "cpu"
+        return cls(loaded._model, manifest, path, backend="jax", device=where)
 
     @classmethod
     def _load_keras(cls, path: Path, manifest: Manifest) -> StampModel:
@@ -296,7 +469,14 @@ class StampModel:
         # import drops TensorFlow's start-up notices below TF_CPP_MIN_LOG_LEVEL.
         from worker.commandline import import_keras
 
-        import_keras()
+        try:
+            import_keras()
+        except ImportError as exc:
+            # The serving install (and the container image) has ONNX Runtime only.
+            raise ModelError(f"{path}: model_backend keras needs Keras and TensorFlow, which "
+                             f"are not installed ({exc}): pip install "
+                             f"'stamp-classifier-worker[keras]', or serve the artifact's "
+                             f"model.onnx (`stamp-train export-onnx {path}` adds one)") from exc
         import keras
 
         import worker.layers  # noqa: F401  (registers the custom layers)
@@ -316,20 +496,17 @@ class StampModel:
         return cls(model, manifest, path, backend="keras")
 
     def warm_up(self, max_batch: int) -> None:
-        """Trace every padded batch shape up to ``max_batch`` now, not mid-stream.
+        """Compile every padded batch shape up to ``max_batch`` now, not mid-stream.
 
         Parameters
         ----------
         max_batch : int
-            Largest micro-batch the caller will pass [alerts].
+            Largest micro-batch the caller will pass [alerts]; shapes stop at
+            :data:`MAX_MODEL_BATCH`, the largest call :meth:`predict` makes.
         """
-        size = 8
-        while True:
+        for size in padded_sizes(max_batch):
             self.predict(np.zeros((size, *self.image_shape), np.float32),
                          np.zeros((size, len(FEATURE_NAMES)), np.float32))
-            if size >= bucket_size(max_batch):
-                return
-            size *= 2
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -357,16 +534,28 @@ class StampModel:
         Returns
         -------
         numpy.ndarray
-            (N, 5) float32 probabilities in :data:`CLASS_NAMES` order.
+            (N, 5) float32 probabilities in :data:`CLASS_NAMES` order, one row per
+            input row (padding rows are dropped).
         """
         n = len(images)
         if n == 0:
             return np.zeros((0, len(CLASS_NAMES)), np.float32)
-        # Each new batch shape makes Keras trace the model again (~0.3 s on CPU), and
-        # micro-batch sizes vary all the time: pad to a power of two so a handful of
-        # shapes serve every batch.  ONNX Runtime takes any batch size as it is.
-        size = bucket_size(n) if self.backend == "keras" else n
         inputs = self.model_inputs(images, features)
+        if n > MAX_MODEL_BATCH:  # bounded shapes, and bounded memory for activations
+            return np.concatenate([
+                self._predict_inputs({k: v[start:start + MAX_MODEL_BATCH]
+                                      for k, v in inputs.items()})
+                for start in range(0, n, MAX_MODEL_BATCH)])
+        return self._predict_inputs(inputs)
+
+    def _predict_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities for encoded model inputs of at most :data:`MAX_MODEL_BATCH` rows."""
+        n = len(inputs["image"])
+        # Each new batch shape makes Keras compile the model again (~0.3 s on CPU with
+        # TensorFlow, 0.5-3 s with JAX), and micro-batch sizes vary all the time: pad to
+        # a power of two so a handful of shapes serve every batch.  ONNX Runtime takes
+        # any batch size as it is.
+        size = bucket_size(n) if self.backend in ("keras", "jax") else n
         if size != n:
             inputs = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
                       for k, v in inputs.items()}

@@ -1,0 +1,279 @@
+"""The container image of ``deploy/docker/Dockerfile``, built and run with podman.
+
+``deploy/docker/build.sh`` builds the image (on the minimal Debian base that
+``deploy/docker/make-base.sh`` makes from Debian's archive, unless ``$STAMP_IMAGE_BASE``
+names another), tagged with a hash of its inputs, so a second run on one machine reuses
+it.  The tests run what a broker team runs: ``stamp-worker classify`` on the real alerts,
+and ``topics``, ``replay`` and the worker itself against the test broker, configured by a
+mounted file and environment variables, stopped with SIGTERM.
+
+Podman runs as root with runc (``--network host``: the test broker listens on
+127.0.0.1); the module skips with a message where either is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from worker.output import decode_labels
+from worker.packets import synthetic_alert
+
+REPO = Path(__file__).resolve().parents[2]
+# Generous bounds for a loaded 2-core machine; the measured times are far below them.
+BUILD_TIMEOUT_S = 1500.0
+READY_TIMEOUT_S = 120.0
+LABELS_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60
+
+
+def _runtime() -> str | None:
+    """The OCI runtime for podman: runc (crun fails on some kernels' cgroups)."""
+    return (os.environ.get("STAMP_OCI_RUNTIME") or shutil.which("runc")
+            or shutil.which("runc", path="/usr/sbin:/sbin"))
+
+
+def _why_not() -> str | None:
+    """Why the container tests cannot run here, or None."""
+    if shutil.which("podman") is None:
+        return ("podman is not installed (apt-get install podman runc debootstrap; .ci/run "
+                "installs them)")
+    if _runtime() is None:
+        return "runc is not installed (apt-get install runc)"
+    if os.geteuid() != 0:
+        return "the container tests run podman as root (rootless podman is not set up here)"
+    if (not os.environ.get("STAMP_IMAGE_BASE") and shutil.which("debootstrap") is None
+            and shutil.which("debootstrap", path="/usr/sbin:/sbin") is None):
+        return ("debootstrap is not installed, to make the base image (or set "
+                "$STAMP_IMAGE_BASE to a Python base image on this machine)")
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=f"container tests: {_why_not()}")
+
+
+def podman_run(image: str, *args: str, options: tuple[str, ...] = (),
+               timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """``podman run --rm`` as on this machine (runc, host network, the ulimits it allows)."""
+    return subprocess.run(
+        ["podman", "run", "--rm", *run_options(), *options, image, *args],
+        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_options() -> list[str]:
+    return ["--runtime", str(_runtime()), "--network", "host",
+            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The image's name, built by deploy/docker/build.sh (or kept from an earlier run)."""
+    start = time.monotonic()
+    result = subprocess.run([str(REPO / "deploy/docker/build.sh")], capture_output=True,
+                            text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"deploy/docker/build.sh failed (status {result.returncode}):\n"
+                    f"{result.stderr[-4000:]}", pytrace=False)
+    name = result.stdout.strip().splitlines()[-1]
+    print(f"\n{result.stderr.strip()}\nimage {name} ready in {time.monotonic() - start:.1f} s")
+    return name
+
+
+def test_the_image_has_no_tensorflow_and_runs_as_a_user(image: str) -> None:
+    result = podman_run(image, "-c", "import os, importlib.util as u; "
+                        "print(os.getuid(), u.find_spec('tensorflow') is None, "
+                        "u.find_spec('keras') is None, u.find_spec('onnxruntime') is not None)",
+                        options=("--no-healthcheck", "--entrypoint", "python3"))
+    assert result.returncode == 0, result.stderr
+    uid, no_tf, no_keras, onnx = result.stdout.split()
+    assert int(uid) != 0
+    assert (no_tf, no_keras, onnx) == ("True", "True", "True")
+
+
+def _by_alert(jsonl: str) -> dict[tuple[str, int], dict]:
+    records = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
+    return {(r["objectId"], r["candid"]): r for r in records}
+
+
+def test_classify_in_the_container_labels_the_real_alerts_as_on_the_host(
+        image: str, data_dir: Path) -> None:
+    """The image's ``classify`` (read-only root, the data mounted read-only) gives every
+    real alert the label the installed worker gives it."""
+    inside = podman_run(image, "classify", "/data", "--quiet",
+                        options=("--no-healthcheck", "--read-only",
+                                 "--volume", f"{data_dir}:/data:ro"))
+    assert inside.returncode == 0, inside.stderr
+    host = subprocess.run([sys.executable, "-m", "worker.cli", "classify", str(data_dir),
+                           "--quiet"], capture_output=True, text=True, check=False)
+    assert host.returncode == 0, host.stderr
+    got, expected = _by_alert(inside.stdout), _by_alert(host.stdout)
+    assert len(expected) > 1000
+    assert got.keys() == expected.keys()
+    for key, record in expected.items():
+        assert got[key]["top_class"] == record["top_class"], key
+        for name, p in record["probabilities"].items():
+            # Same model and runtime family; builds of ONNX Runtime may round differently.
+            assert got[key]["probabilities"][name] == pytest.approx(p, abs=1e-4), key
+    # The summary on stderr counts the same refused alerts.
+    assert inside.stderr.split(" in ")[0] == host.stderr.split(" in ")[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def _podman(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture
+def container_name() -> Iterator[str]:
+    """A container name, the container removed after the test whatever happened."""
+    name = f"stamp-worker-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    _podman("rm", "--force", "--time", "0", name)
+
+
+def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
+        image: str, kafka_bootstrap: str, kafka_admin: AdminClient, tmp_path: Path,
+        container_name: str) -> None:
+    """The image as deployed: ``topics`` makes the topics of the mounted configuration,
+    ``replay`` sends alerts, the worker (environment overriding the file) labels every
+    one, reports ready and healthy, and SIGTERM stops it with status 0 with every offset
+    committed."""
+    suffix = uuid.uuid4().hex[:12]
+    topics = {"input": f"ctr-alerts-{suffix}", "output": f"ctr-labels-{suffix}",
+              "dlq": f"ctr-dead-{suffix}"}
+    group = f"ctr-worker-{suffix}"
+    port = _free_port()
+    config = tmp_path / "worker.yaml"
+    config.write_text("\n".join([
+        "kafka:", "  bootstrap_servers: 'set-by-the-environment:9092'",
+        "topics:", f"  input: [{topics['input']}]", f"  output: {topics['output']}",
+        f"  dead_letter: {topics['dlq']}",
+        "group_id: overridden-by-the-environment",
+        "batch:", "  max_messages: 64",
+    ]) + "\n")
+    config.chmod(0o644)
+    env = ["--env", f"KAFKA_BOOTSTRAP_SERVERS={kafka_bootstrap}",
+           "--env", f"STAMP_WORKER__GROUP_ID={group}",
+           "--env", f"STAMP_WORKER__METRICS__PORT={port}",
+           "--env", "STAMP_WORKER_CONFIG=/etc/stamp-worker/worker.yaml",
+           "--volume", f"{config}:/etc/stamp-worker/worker.yaml:ro"]
+    alerts = tmp_path / "alerts"
+    alerts.mkdir()
+    count = 300
+    for seed in range(count):
+        (alerts / f"alert-{seed:04d}.avro").write_bytes(synthetic_alert(seed))
+    alerts.chmod(0o755)
+    try:
+        made = podman_run(image, "topics", "--partitions", "2", "--replication-factor", "1",
+                          options=("--no-healthcheck", *env))
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert made.stdout.count("created") == 3, made.stdout
+
+        sent = podman_run(image, "replay", "/alerts", "--topic", topics["input"], "--quiet",
+                          options=("--no-healthcheck", *env, "--volume", f"{alerts}:/alerts:ro"))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert f"sent {count}, failed 0" in sent.stdout + sent.stderr
+
+        start = time.monotonic()
+        started = _podman("run", "--detach", "--name", container_name, *run_options(),
+                          "--read-only", *env, image)
+        assert started.returncode == 0, started.stderr
+        status, body = 0, ""
+        while time.monotonic() - start < READY_TIMEOUT_S:
+            status, body = _get(f"http://127.0.0.1:{port}/readyz")
+            if status == 200:
+                break
+            time.sleep(0.1)
+        ready_s = time.monotonic() - start
+        assert status == 200, f"/readyz: {status} {body}\n{_logs(container_name)}"
+
+        # One label per alert: synthetic alert `seed` has candid 2e18 + seed.
+        candids = _read_labels(kafka_bootstrap, topics["output"], count)
+        assert sorted(candids) == [2_000_000_000_000_000_000 + seed for seed in range(count)]
+
+        health = _podman("healthcheck", "run", container_name)
+        assert health.returncode == 0, health.stdout + health.stderr
+        assert _get(f"http://127.0.0.1:{port}/metrics")[1].count(
+            "stamp_worker_alerts_consumed_total") > 0
+        memory = _podman("exec", container_name, "sh", "-c",
+                         "grep -E 'VmRSS|VmHWM' /proc/1/status").stdout.split()
+
+        stopped = _podman("stop", "--time", str(STOP_TIMEOUT_S), container_name,
+                          timeout=STOP_TIMEOUT_S + 30)
+        assert stopped.returncode == 0, stopped.stderr
+        exit_code = _podman("inspect", "--format", "{{.State.ExitCode}}", container_name)
+        logs = _logs(container_name)
+        assert exit_code.stdout.strip() == "0", logs
+        assert "stopped cleanly" in logs, logs
+        print(f"\nworker container ready in {ready_s:.1f} s after `podman run`; "
+              f"stamp-worker (PID 1): {' '.join(memory)}")
+
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+        committed = consumer.committed([TopicPartition(topics["input"], p) for p in (0, 1)],
+                                       15)
+        ends = [consumer.get_watermark_offsets(tp, 15)[1] for tp in committed]
+        consumer.close()
+        assert [tp.offset for tp in committed] == ends
+        assert sum(ends) == count
+    finally:
+        futures = kafka_admin.delete_topics(list(topics.values()), operation_timeout=10,
+                                            request_timeout=15)
+        for future in futures.values():
+            try:
+                future.result(timeout=20)
+            except Exception:  # noqa: BLE001 - a topic the test did not get to create
+                pass
+
+
+def _logs(name: str) -> str:
+    result = _podman("logs", name)
+    return result.stdout + result.stderr
+
+
+def _read_labels(bootstrap: str, topic: str, expected: int) -> list[int]:
+    """The candids of the label records on ``topic``, once ``expected`` have arrived (and
+    a second more, for records beyond them)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    found: list[int] = []
+    deadline = time.monotonic() + LABELS_TIMEOUT_S
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None:
+                    found += [record["candid"] for record in decode_labels(message.value())]
+        found += [record["candid"] for message in consumer.consume(500, 1.0)
+                  if message.error() is None for record in decode_labels(message.value())]
+    finally:
+        consumer.close()
+    return found

@@ -10,7 +10,9 @@ Three things every command that talks to Kafka needs before its first message:
 * **One bounded wait for the cluster.**  librdkafka retries an unreachable broker
   forever; :func:`check_reachable` asks for the cluster's metadata for at most
   ``timeout_s`` and otherwise stops the command with one line that names the address,
-  librdkafka's own reason (refused, unresolved name, TLS...) and what to check.
+  librdkafka's own reason (refused, unresolved name, TLS...) and what to check.  A
+  refused login or an untrusted broker certificate stops it at once (they do not heal
+  by waiting), naming the settings to check.
 * **librdkafka's log through Python logging**, rate-limited: an outage is a few lines a
   minute (:func:`librdkafka_logger`), not hundreds.
 """
@@ -243,13 +245,15 @@ def check_reachable(role: Role, settings: Mapping[str, Any], timeout_s: float,
     Raises
     ------
     ClusterError
-        No answer in time; the message names the address, librdkafka's last reason and
-        what to check.
+        No answer in time, or at once when the brokers refuse the login (SASL) or their
+        certificate is not trusted (TLS); the message names the address, librdkafka's
+        reason and what to check.  It never holds a setting's value.
     """
     address = str(settings.get("bootstrap.servers", ""))
     logger, capture = _capturing_logger()
     client = _client(role, {**settings, "logger": logger})
     deadline = time.monotonic() + timeout_s
+    fatal: str | None = None
     try:
         while True:
             # Short requests with the log served between them: the reason (refused,
@@ -259,16 +263,48 @@ def check_reachable(role: Role, settings: Mapping[str, Any], timeout_s: float,
                 return len(client.list_topics(timeout=step).brokers)
             except KafkaException:
                 client.poll(0)
-                if time.monotonic() >= deadline:
+                fatal = next((line for level, line in capture.lines
+                              if level >= logging.WARNING and _security_failure(line)), None)
+                if fatal is not None or time.monotonic() >= deadline:
                     break
     finally:
         _close(client)
+    if fatal is not None:
+        raise ClusterError(_security_message(fatal, address))
     reasons = [line for level, line in capture.lines if level >= logging.WARNING]
     reason = _reason(reasons[-1]) if reasons else "no answer"
     raise ClusterError(
         f"cannot reach Kafka at {address} within {timeout_s:g} s ({reason}): check "
         f"{what}, that the brokers are up and reachable from here, and the security "
         f"settings (security.protocol, sasl.*, ssl.*)")
+
+
+# librdkafka's words for a login the brokers refused, and for a certificate chain that
+# does not lead to a trusted CA (or that names another host): neither heals by retrying.
+_AUTH_FAILED = re.compile(r"SASL authentication error|Authentication failed", re.I)
+_CERT_FAILED = re.compile(r"certificate verify failed", re.I)
+
+
+def _security_failure(line: str) -> str | None:
+    """``"auth"`` or ``"cert"`` when a librdkafka line reports that failure, else None."""
+    if _AUTH_FAILED.search(line):
+        return "auth"
+    if _CERT_FAILED.search(line):
+        return "cert"
+    return None
+
+
+def _security_message(line: str, address: str) -> str:
+    """The one line for a refused login or an untrusted certificate (no setting's value)."""
+    reason = _reason(line)
+    if _security_failure(line) == "auth":
+        return (f"authentication failed at Kafka {address} ({reason}): check "
+                "sasl.username/sasl.password (and sasl.mechanism, e.g. SCRAM-SHA-512)")
+    # librdkafka's own advice follows the OpenSSL reason; the hint below says it shorter.
+    reason = reason.split(": broker certificate could not be verified")[0]
+    return (f"certificate verify failed at Kafka {address} ({reason}): check "
+            "ssl.ca.location (the CA that signed the brokers' certificates; the address "
+            "must be a name the certificate holds)")
 
 
 def _reason(line: str) -> str:

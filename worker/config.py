@@ -614,19 +614,19 @@ class KafkaConfig:
         # needs sasl.mechanism, wherever it is); a problem is named where it was set.
         from worker.cluster import property_problems
 
-        seen: set[tuple[str, ...]] = set()
+        found: dict[tuple[str, ...], list[str]] = {}  # (section, key, message) → roles
         for role, settings in (("consumer", consumer), ("producer", producer)):
             if _valid(settings, common):
                 merged = {**common, **settings}  # type: ignore[dict-item]
                 for key, message in property_problems(role, merged):  # type: ignore[arg-type]
-                    # A combination ("" key) is the client's; a property, where it was set.
-                    own = not key or key in settings or key not in common  # type: ignore[operator]
-                    where = (role, key) if key else (role,)
-                    if not own:
-                        where = ("common", key)
-                    if where + (message,) not in seen:
-                        seen.add(where + (message,))
-                        checks.add(message, *where)
+                    # Named where it was set; a combination ("" key) is the client's.
+                    section = ("" if not key else role if key in settings  # type: ignore[operator]
+                               or key not in common else "common")
+                    found.setdefault((section, key, message), []).append(role)
+        for (section, key, message), roles in found.items():
+            if not key:  # refused by both clients: their common part; else the one's
+                section = "common" if len(roles) == 2 else roles[0]
+            checks.add(message, section, key)
         checks.done()
 
     def client_settings(self, role: str) -> dict[str, Any]:

@@ -17,8 +17,20 @@ Python use::
 Command line (``python deploy/kafka/kafka.py``, or ``python -m worker.devbroker``)::
 
     start [--port N] [--dir D]   start detached, print KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:N
+    start --sasl-ssl [--sasl-ssl-port N]
+                                 also a SASL_SSL listener (SCRAM-SHA-512, user ``stamp``);
+                                 its client settings go to D/tls/client.env, as
+                                 KAFKA_BOOTSTRAP_SERVERS and STAMP_WORKER__KAFKA__COMMON__*
+                                 lines (the password is made once per folder)
     stop [--dir D]               stop the broker of that folder
     status [--dir D]             say whether it runs and where (exit status 1 if not)
+
+A secured listener, as production brokers have (TLS, and SCRAM-SHA-512 logins), can run
+beside the plaintext one: ``start(sasl_ssl=SaslSsl(username, password))``.  Its
+certificate is signed by a CA made for the broker folder (``tls/ca.pem``, what clients
+give as ``ssl.ca.location``; :func:`make_certificates`), and the SCRAM credentials are
+written into the cluster's metadata when the storage is formatted.  The broker itself
+(KRaft controller, replication) stays on plaintext listeners.
 
 The default folder is ``.cache/kafka/run`` in the repository.  A folder keeps its topics
 across stop/start; delete it for a fresh broker.  Environment: ``JAVA_HOME`` (else
@@ -46,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -69,12 +82,51 @@ JVM_OPTS = (
 )
 
 _STATE_FILE = "broker.json"
+_SCRAM_ITERATIONS = 8192  # Kafka's default for SCRAM credentials (4096 is its minimum)
 _PID_FILE = "kafka.pid"
 _LOG = logging.getLogger(__name__)
 
 
 class DevBrokerError(RuntimeError):
     """The development broker cannot be resolved, formatted, started or stopped."""
+
+
+@dataclass(frozen=True, repr=False)
+class SaslSsl:
+    """A SASL_SSL listener (TLS, SCRAM-SHA-512 logins) beside the plaintext one.
+
+    Parameters
+    ----------
+    username, password : str
+        The one SCRAM-SHA-512 user the listener accepts.
+    port : int, optional
+        Its port on 127.0.0.1; default the port the folder used last time if free, else
+        a free one.
+    """
+
+    username: str
+    password: str
+    port: int | None = None
+
+    def __repr__(self) -> str:  # the password stays out of logs and tracebacks
+        return f"SaslSsl(username={self.username!r}, password='<redacted>', port={self.port})"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test certificate authority and the broker certificate it signed.
+
+    Attributes
+    ----------
+    ca : Path
+        The CA's certificate: what clients give as ``ssl.ca.location``.
+    keystore : Path
+        The broker's private key (PKCS#8, unencrypted) followed by its certificate and
+        the CA's, as Kafka reads a PEM key store (``ssl.keystore.type=PEM``).
+    """
+
+    ca: Path
+    keystore: Path
 
 
 # ---------------------------------------------------------------------------- tools
@@ -202,14 +254,17 @@ class Broker:
         The child, when this process started it; ``None`` when attached from a pidfile.
     remove_dir : bool
         Delete ``data_dir`` on :meth:`stop` (a temporary folder :func:`start` made).
+    sasl_ssl_port : int, optional
+        The SASL_SSL client listener on 127.0.0.1, when the broker has one.
     """
 
     def __init__(self, data_dir: Path, port: int, controller_port: int, pid: int,
                  process: subprocess.Popen[bytes] | None = None,
-                 remove_dir: bool = False) -> None:
+                 remove_dir: bool = False, sasl_ssl_port: int | None = None) -> None:
         self.data_dir = data_dir
         self.port = port
         self.controller_port = controller_port
+        self.sasl_ssl_port = sasl_ssl_port
         self.pid = pid
         self._process = process
         self._remove_dir = remove_dir
@@ -219,6 +274,16 @@ class Broker:
     def bootstrap_servers(self) -> str:
         """``host:port`` for the clients' ``bootstrap.servers``."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str | None:
+        """``host:port`` of the SASL_SSL listener, or ``None`` when there is none."""
+        return None if self.sasl_ssl_port is None else f"{HOST}:{self.sasl_ssl_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate that signed the SASL_SSL listener's (``ssl.ca.location``)."""
+        return self.data_dir / "tls" / "ca.pem"
 
     @property
     def log_file(self) -> Path:
@@ -245,7 +310,9 @@ class Broker:
             pid = int((data_dir / _PID_FILE).read_text().strip())
         except (OSError, ValueError):
             return None
-        broker = cls(data_dir, int(state["port"]), int(state["controller_port"]), pid)
+        secure = state.get("sasl_ssl_port")
+        broker = cls(data_dir, int(state["port"]), int(state["controller_port"]), pid,
+                     sasl_ssl_port=None if secure is None else int(secure))
         return broker if broker.is_running() else None
 
     def is_running(self) -> bool:
@@ -310,7 +377,8 @@ class Broker:
 
 def start(data_dir: Path | None = None, port: int | None = None, *,
           controller_port: int | None = None, timeout: float = 60.0,
-          detach: bool = False, heap_opts: str | None = None) -> Broker:
+          detach: bool = False, heap_opts: str | None = None,
+          sasl_ssl: SaslSsl | None = None) -> Broker:
     """Start a single-node KRaft broker and wait until it answers clients.
 
     Parameters
@@ -332,6 +400,10 @@ def start(data_dir: Path | None = None, port: int | None = None, *,
         process dies without stopping it.
     heap_opts : str, optional
         JVM heap options; default ``$KAFKA_HEAP_OPTS`` or ``-Xms128m -Xmx512m``.
+    sasl_ssl : SaslSsl, optional
+        Also listen for SASL_SSL clients (SCRAM-SHA-512), with a certificate signed by the
+        folder's own CA (``tls/``, made by :func:`make_certificates` when absent; needs the
+        ``cryptography`` package).  The start waits until this user can log in there.
 
     Returns
     -------
@@ -362,16 +434,29 @@ def start(data_dir: Path | None = None, port: int | None = None, *,
                               or DEFAULT_HEAP_OPTS),
            *JVM_OPTS, f"-Dlog4j2.configurationFile={log4j}",
            f"-Dkafka.logs.dir={data_dir / 'logs'}"]
-    previous = _previous_port(data_dir)
+    tls = None
+    if sasl_ssl is not None:
+        tls = TlsFiles(data_dir / "tls" / "ca.pem", data_dir / "tls" / "broker.pem")
+        if not (tls.ca.is_file() and tls.keystore.is_file()):
+            tls = make_certificates(data_dir / "tls")
+    previous = _previous_ports(data_dir)
     for attempt in range(3):
-        chosen = _choose_port(port, previous if attempt == 0 else None)
-        chosen_controller = _choose_port(controller_port, None, avoid=chosen)
+        chosen = _choose_port(port, previous.get("PLAINTEXT") if attempt == 0 else None)
+        chosen_controller = _choose_port(controller_port, None, avoid=(chosen,))
+        secure_port = None
+        if sasl_ssl is not None:
+            secure_port = _choose_port(sasl_ssl.port, previous.get("SASL_SSL")
+                                       if attempt == 0 else None,
+                                       avoid=(chosen, chosen_controller))
         try:
             broker = _launch(jvm, env, data_dir, chosen, chosen_controller, timeout,
-                             detach=detach, remove_dir=remove_dir)
+                             detach=detach, remove_dir=remove_dir,
+                             secure=None if sasl_ssl is None or tls is None or
+                             secure_port is None else (sasl_ssl, tls, secure_port))
         except _PortTaken:
             # A free port chosen here was taken before the JVM bound it: choose again.
-            if port is not None or attempt == 2:
+            if port is not None or (sasl_ssl is not None and sasl_ssl.port is not None) \
+                    or attempt == 2:
                 raise
             continue
         if not detach:
@@ -385,12 +470,16 @@ class _PortTaken(DevBrokerError):
 
 
 def _launch(jvm: list[str], env: dict[str, str], data_dir: Path, port: int,
-            controller_port: int, timeout: float, *, detach: bool,
-            remove_dir: bool) -> Broker:
+            controller_port: int, timeout: float, *, detach: bool, remove_dir: bool,
+            secure: tuple[SaslSsl, TlsFiles, int] | None = None) -> Broker:
     properties = data_dir / "server.properties"
-    properties.write_text(_server_properties(data_dir / "data", port, controller_port))
-    if not (data_dir / "data" / "meta.properties").is_file():
-        _format_storage(jvm, env, properties, data_dir)
+    properties.write_text(_server_properties(
+        data_dir / "data", port, controller_port,
+        None if secure is None else (secure[2], secure[1])))
+    formatted_now = not (data_dir / "data" / "meta.properties").is_file()
+    if formatted_now:
+        _format_storage(jvm, env, properties, data_dir,
+                        None if secure is None else secure[0])
     log_sizes = _log_sizes(data_dir)  # the log files are appended to: read only what follows
     stdout = open(data_dir / "logs" / "stdout.log", "ab")  # the child keeps its own copy
     try:
@@ -402,13 +491,21 @@ def _launch(jvm: list[str], env: dict[str, str], data_dir: Path, port: int,
     finally:
         stdout.close()
     broker = Broker(data_dir, port, controller_port, process.pid,
-                    process=process, remove_dir=remove_dir)
+                    process=process, remove_dir=remove_dir,
+                    sasl_ssl_port=None if secure is None else secure[2])
     (data_dir / _PID_FILE).write_text(f"{process.pid}\n")
     (data_dir / _STATE_FILE).write_text(json.dumps(
         {"pid": process.pid, "port": port, "controller_port": controller_port,
-         "bootstrap_servers": broker.bootstrap_servers}) + "\n")
+         "bootstrap_servers": broker.bootstrap_servers,
+         "sasl_ssl_port": broker.sasl_ssl_port}) + "\n")
     try:
+        deadline = time.monotonic() + timeout
         _wait_ready(broker, process, timeout, log_sizes)
+        if secure is not None:
+            if not formatted_now:  # a folder formatted earlier: its users may differ
+                _upsert_scram(broker, secure[0], max(1.0, deadline - time.monotonic()))
+            _wait_secure_ready(broker, secure[0], secure[1], process,
+                               max(1.0, deadline - time.monotonic()), log_sizes)
     except BaseException:
         broker._remove_dir = False  # keep the logs the error points at
         broker.stop(timeout=10.0)
@@ -417,12 +514,17 @@ def _launch(jvm: list[str], env: dict[str, str], data_dir: Path, port: int,
 
 
 def _format_storage(jvm: list[str], env: dict[str, str], properties: Path,
-                    data_dir: Path) -> None:
+                    data_dir: Path, sasl_ssl: SaslSsl | None = None) -> None:
     # Kafka 4: `kafka-storage.sh format -t <cluster id> -c server.properties`; with the
     # static quorum of server.properties (controller.quorum.voters) neither --standalone
     # nor --initial-controllers is wanted.
     command = [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
                "-c", str(properties)]
+    if sasl_ssl is not None:
+        # SCRAM users in KRaft live in the cluster metadata; written at format time they
+        # are there from the first start. Given salted (as the broker stores them), the
+        # password itself never appears on a command line.
+        command += ["--add-scram", _scram_credential(sasl_ssl)]
     done = subprocess.run(command, cwd=data_dir, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           check=False)
@@ -431,6 +533,72 @@ def _format_storage(jvm: list[str], env: dict[str, str], properties: Path,
         hint = _java_hint(done.stdout)
         raise DevBrokerError(f"formatting the Kafka storage in {data_dir / 'data'} failed "
                              f"(exit {done.returncode}){hint}:\n{_tail(done.stdout, 30)}")
+
+
+def _scram_credential(sasl_ssl: SaslSsl, iterations: int = _SCRAM_ITERATIONS) -> str:
+    """``kafka-storage format --add-scram`` argument: the user's salted SCRAM-SHA-512 key.
+
+    SCRAM's SaltedPassword is PBKDF2-HMAC-SHA-512 of the password (RFC 5802 ``Hi``).
+    """
+    if any(c in sasl_ssl.username for c in ',=[]"'):
+        raise DevBrokerError(f"SCRAM user name {sasl_ssl.username!r}: use letters, digits, "
+                             "'-', '_' or '.'")
+    salt = os.urandom(32)
+    salted = hashlib.pbkdf2_hmac("sha512", sasl_ssl.password.encode(), salt, iterations)
+    return (f"SCRAM-SHA-512=[name={sasl_ssl.username},iterations={iterations},"
+            f'salt="{base64.b64encode(salt).decode()}",'
+            f'saltedpassword="{base64.b64encode(salted).decode()}"]')
+
+
+def _upsert_scram(broker: Broker, sasl_ssl: SaslSsl, timeout: float) -> None:
+    """Set the SCRAM user's password through the plaintext listener (a reused folder)."""
+    from confluent_kafka.admin import (
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers, "logger": _LOG})
+    upsert = UserScramCredentialUpsertion(
+        sasl_ssl.username, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512,
+                                               _SCRAM_ITERATIONS),
+        sasl_ssl.password.encode())
+    try:
+        for future in admin.alter_user_scram_credentials(
+                [upsert], request_timeout=timeout).values():
+            future.result()
+    except Exception as exc:  # KafkaException; its text holds no password
+        raise DevBrokerError(f"could not set the SCRAM credentials of "
+                             f"{sasl_ssl.username!r}: {exc}") from None
+
+
+def _wait_secure_ready(broker: Broker, sasl_ssl: SaslSsl, tls: TlsFiles,
+                       process: subprocess.Popen[bytes], timeout: float,
+                       log_sizes: dict[str, int]) -> None:
+    """Wait until the SCRAM user gets metadata through the SASL_SSL listener."""
+    admin = AdminClient({
+        "bootstrap.servers": broker.sasl_ssl_bootstrap_servers,
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": sasl_ssl.username, "sasl.password": sasl_ssl.password,
+        "ssl.ca.location": str(tls.ca),
+        # Credentials written a moment ago may reach the broker's cache a little later:
+        # retry soon rather than after librdkafka's backoff of up to 10 s.
+        "reconnect.backoff.max.ms": 500, "logger": _LOG})
+    deadline = time.monotonic() + timeout
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if admin.list_topics(timeout=max(0.5, min(2.0, deadline - time.monotonic()))
+                                 ).brokers:
+                return
+        except Exception as exc:  # KafkaException: handshake, login, timeout
+            last_error = str(exc)
+    raise DevBrokerError(
+        f"the SASL_SSL listener {broker.sasl_ssl_bootstrap_servers} did not let "
+        f"{sasl_ssl.username!r} in within {timeout:.0f} s ({last_error}); the broker log "
+        f"({broker.log_file}) ends with:\n{_broker_log_tail(broker.data_dir, log_sizes)}")
 
 
 def _wait_ready(broker: Broker, process: subprocess.Popen[bytes], timeout: float,
@@ -472,10 +640,121 @@ def _wait_ready(broker: Broker, process: subprocess.Popen[bytes], timeout: float
         f"{_broker_log_tail(broker.data_dir, log_sizes)}")
 
 
+# ---------------------------------------------------------------------------- TLS
+
+
+def make_certificates(folder: Path, hosts: tuple[str, ...] = (HOST, "localhost"),
+                      days: int = 365) -> TlsFiles:
+    """Make a certificate authority and a broker certificate it signs, as PEM files.
+
+    For tests and development only: the CA's private key is thrown away once it has
+    signed, so nothing else can be signed by it later.
+
+    Parameters
+    ----------
+    folder : Path
+        Where ``ca.pem`` and ``broker.pem`` are written (created if needed; the key file
+        is readable by its owner only).
+    hosts : tuple of str
+        Names and IP addresses the certificate is valid for: clients check the address
+        they connect to against them (librdkafka's ``ssl.endpoint.identification.algorithm``
+        is ``https`` by default).
+    days : int
+        Validity from now [days].
+
+    Returns
+    -------
+    TlsFiles
+        The CA certificate and the broker's PEM key store.
+
+    Raises
+    ------
+    DevBrokerError
+        The ``cryptography`` package is not installed.
+    """
+    import datetime
+    import ipaddress
+
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:
+        raise DevBrokerError("the broker's TLS certificates are made with the cryptography "
+                             "package: pip install cryptography (it comes with the "
+                             "project's dev extra)") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+    # EC P-256: made in a millisecond (an RSA key takes ~0.1 s), and Kafka's PEM key
+    # store and librdkafka's OpenSSL both read it.
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                            f"stamp-worker dev CA {os.urandom(4).hex()}")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    files = TlsFiles(folder / "ca.pem", folder / "broker.pem")
+    files.ca.write_bytes(ca.public_bytes(pem))
+    keystore = (key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+                + cert.public_bytes(pem) + ca.public_bytes(pem))
+    fd = os.open(files.keystore, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(keystore)
+    return files
+
+
 # ---------------------------------------------------------------------------- config
 
 
-def _server_properties(log_dir: Path, port: int, controller_port: int) -> str:
+def _server_properties(log_dir: Path, port: int, controller_port: int,
+                       secure: tuple[int, TlsFiles] | None = None) -> str:
+    listeners = f"PLAINTEXT://{HOST}:{port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    sasl_ssl = ""
+    if secure is not None:
+        secure_port, tls = secure
+        listeners += f",SASL_SSL://{HOST}:{secure_port}"
+        protocols += ",SASL_SSL:SASL_SSL"
+        # The broker's key and certificate chain in one PEM file; no client certificates
+        # (clients log in with SCRAM). Only the SASL_SSL listener uses them.
+        sasl_ssl = f"""
+# The SASL_SSL client listener: TLS, then a SCRAM-SHA-512 login (users: kafka-storage
+# format --add-scram, or the admin API).
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={tls.keystore.as_posix()}
+"""
     return f"""\
 # Written by worker/devbroker.py on each start: edits are lost.
 # One node that is both broker and KRaft controller, static quorum of itself.
@@ -483,12 +762,12 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{controller_port}
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}
-advertised.listeners=PLAINTEXT://{HOST}:{port}
+listeners={listeners},CONTROLLER://{HOST}:{controller_port}
+advertised.listeners={listeners}
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map={protocols}
 log.dirs={log_dir.as_posix()}
-
+{sasl_ssl}
 # A single node: every internal topic has one replica (the defaults want three).
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=1
@@ -550,32 +829,37 @@ def _cluster_id() -> str:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _choose_port(requested: int | None, previous: int | None, avoid: int | None = None) -> int:
+def _choose_port(requested: int | None, previous: int | None, avoid: tuple[int, ...] = ()
+                 ) -> int:
     if requested is not None:
         if not _port_free(requested):
             raise DevBrokerError(f"port {requested} on {HOST} is in use: stop what listens "
                                  "there (another broker? python deploy/kafka/kafka.py stop) "
                                  "or choose another port")
         return requested
-    if previous is not None and previous != avoid and _port_free(previous):
+    if previous is not None and previous not in avoid and _port_free(previous):
         return previous
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((HOST, 0))
             port = sock.getsockname()[1]
-        if port != avoid:
+        if port not in avoid:
             return port
 
 
-def _previous_port(data_dir: Path) -> int | None:
+def _previous_ports(data_dir: Path) -> dict[str, int]:
+    """The client ports the folder's broker advertised last time, by listener name."""
     properties = data_dir / "server.properties"
     if not properties.is_file():
-        return None
+        return {}
+    ports: dict[str, int] = {}
     for line in properties.read_text().splitlines():
-        if line.startswith("advertised.listeners=PLAINTEXT://"):
-            with contextlib.suppress(ValueError):
-                return int(line.rsplit(":", 1)[1])
-    return None
+        if line.startswith("advertised.listeners="):
+            for listener in line.partition("=")[2].split(","):
+                name, _, address = listener.partition("://")
+                with contextlib.suppress(ValueError):
+                    ports[name.strip()] = int(address.rsplit(":", 1)[1])
+    return ports
 
 
 def _port_free(port: int) -> bool:
@@ -697,6 +981,50 @@ def wipe(data_dir: Path) -> None:
     shutil.rmtree(data_dir)
 
 
+CLIENT_ENV = "client.env"
+DEV_SCRAM_USER = "stamp"
+
+
+def _dev_sasl_ssl(data_dir: Path, port: int | None) -> SaslSsl:
+    """The folder's SCRAM user: its password from ``tls/client.env``, else a new one."""
+    env = data_dir / "tls" / CLIENT_ENV
+    password = None
+    with contextlib.suppress(OSError):
+        for line in env.read_text().splitlines():
+            if line.startswith("STAMP_WORKER__KAFKA__COMMON__SASL_PASSWORD="):
+                password = line.partition("=")[2]
+    if not password:
+        import secrets
+
+        password = secrets.token_urlsafe(18)
+    return SaslSsl(DEV_SCRAM_USER, password, port)
+
+
+def write_client_env(broker: Broker, sasl_ssl: SaslSsl) -> Path:
+    """Write ``tls/client.env``: the settings of a client of the SASL_SSL listener.
+
+    The lines are those the worker, ``replay`` and ``labels`` read
+    (``KAFKA_BOOTSTRAP_SERVERS``, ``STAMP_WORKER__KAFKA__COMMON__*``); the file is
+    readable by its owner only.  ``set -a; . FILE; set +a`` exports them.
+
+    Returns
+    -------
+    Path
+        The file.
+    """
+    path = broker.data_dir / "tls" / CLIENT_ENV
+    lines = [f"KAFKA_BOOTSTRAP_SERVERS={broker.sasl_ssl_bootstrap_servers}",
+             "STAMP_WORKER__KAFKA__COMMON__SECURITY_PROTOCOL=SASL_SSL",
+             "STAMP_WORKER__KAFKA__COMMON__SASL_MECHANISM=SCRAM-SHA-512",
+             f"STAMP_WORKER__KAFKA__COMMON__SASL_USERNAME={sasl_ssl.username}",
+             f"STAMP_WORKER__KAFKA__COMMON__SASL_PASSWORD={sasl_ssl.password}",
+             f"STAMP_WORKER__KAFKA__COMMON__SSL_CA_LOCATION={broker.ca_file}"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``start`` / ``stop`` / ``status`` command line; returns the exit status.
 
@@ -717,6 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--port", type=int, help="client port (default: free one)")
     p_start.add_argument("--timeout", type=float, default=60.0,
                          help="seconds to wait for the broker (default 60)")
+    p_start.add_argument("--sasl-ssl", action="store_true",
+                         help="also a SASL_SSL listener (TLS + SCRAM-SHA-512 logins); its "
+                         "client settings go to DIR/tls/client.env")
+    p_start.add_argument("--sasl-ssl-port", type=int, metavar="N",
+                         help="port of the SASL_SSL listener (default: a free one)")
     p_stop = sub.add_parser("stop", help="stop the broker of --dir")
     p_stop.add_argument("--wipe", action="store_true",
                         help="also delete the broker folder: every topic, its data and "
@@ -730,17 +1063,31 @@ def main(argv: list[str] | None = None) -> int:
     running = Broker.attach(data_dir)
     try:
         if args.command == "start":
+            if args.sasl_ssl_port is not None and not args.sasl_ssl:
+                raise DevBrokerError("--sasl-ssl-port goes with --sasl-ssl")
             if running is not None:
                 if args.port not in (None, running.port):
                     raise DevBrokerError(f"a broker already runs from {data_dir} on port "
                                          f"{running.port}: stop it first to change the port")
+                if args.sasl_ssl and running.sasl_ssl_port is None:
+                    raise DevBrokerError(f"a broker already runs from {data_dir} without a "
+                                         "SASL_SSL listener: stop it first to add one")
                 print(f"already running (pid {running.pid})", file=sys.stderr)
             else:
                 t0 = time.monotonic()
-                running = start(data_dir, args.port, timeout=args.timeout, detach=True)
+                sasl_ssl = (_dev_sasl_ssl(data_dir, args.sasl_ssl_port) if args.sasl_ssl
+                            else None)
+                running = start(data_dir, args.port, timeout=args.timeout, detach=True,
+                                sasl_ssl=sasl_ssl)
+                if sasl_ssl is not None:
+                    write_client_env(running, sasl_ssl)
                 print(f"Kafka broker started in {time.monotonic() - t0:.1f} s "
                       f"(pid {running.pid}, log {running.log_file})", file=sys.stderr)
             print(f"KAFKA_BOOTSTRAP_SERVERS={running.bootstrap_servers}")
+            if running.sasl_ssl_port is not None:
+                print(f"SASL_SSL listener {running.sasl_ssl_bootstrap_servers} (user "
+                      f"{DEV_SCRAM_USER}, CA {running.ca_file}): its client settings are "
+                      f"in {running.data_dir / 'tls' / CLIENT_ENV}", file=sys.stderr)
         elif args.command == "stop":
             if running is None:
                 print(f"no Kafka broker running from {data_dir}", file=sys.stderr)
@@ -755,7 +1102,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"not running ({data_dir})")
                 return 1
             print(f"running pid {running.pid} "
-                  f"KAFKA_BOOTSTRAP_SERVERS={running.bootstrap_servers}")
+                  f"KAFKA_BOOTSTRAP_SERVERS={running.bootstrap_servers}"
+                  + (f" SASL_SSL={running.sasl_ssl_bootstrap_servers}"
+                     if running.sasl_ssl_port is not None else ""))
     except DevBrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

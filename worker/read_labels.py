@@ -94,15 +94,34 @@ def labels_command(topic: str, bootstrap: str | None, fmt: str, limit: int | Non
         Longest wait for the cluster [s].
     out, err : TextIO
         Records, and the per-class summary.
+
+    The ``STAMP_WORKER__KAFKA__COMMON__*`` variables (the worker's security settings)
+    are the consumer's librdkafka settings.
     """
-    from worker.cluster import ClusterError, check_reachable, command_logging, librdkafka_logger
+    from worker.cluster import (
+        ClusterError,
+        check_reachable,
+        command_logging,
+        librdkafka_logger,
+        property_problems,
+    )
+    from worker.config import ConfigError, kafka_common_from_env
 
     command_logging()
     bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         raise SystemExit("stamp-worker labels: no broker: give --bootstrap-servers "
                          "HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS")
-    settings = {"bootstrap.servers": bootstrap}
+    try:
+        settings = {**kafka_common_from_env(), "bootstrap.servers": bootstrap}
+    except ConfigError as exc:
+        raise SystemExit(f"stamp-worker labels: environment: {exc}") from exc
+    refused = property_problems("consumer", {k: v for k, v in settings.items()
+                                             if k != "bootstrap.servers"})
+    if refused:
+        key, message = refused[0]
+        raise SystemExit(f"stamp-worker labels: {key or 'settings'} (from "
+                         f"STAMP_WORKER__KAFKA__COMMON__*): {message}")
     try:
         check_reachable("consumer", settings, connect_timeout_s,
                         what="--bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")

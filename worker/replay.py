@@ -397,7 +397,9 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
     """Run ``stamp-worker replay``; returns the exit status.
 
     The cluster is asked for its metadata first, for at most ``connect_timeout_s``
-    seconds: an address where no broker answers stops the command with one line.
+    seconds: an address where no broker answers stops the command with one line.  The
+    ``STAMP_WORKER__KAFKA__COMMON__*`` variables (the worker's security settings, e.g.
+    from a Kubernetes Secret) are librdkafka settings too, under ``-X``.
 
     Returns
     -------
@@ -406,6 +408,7 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
     """
     import os
 
+    from worker.config import ConfigError, kafka_common_from_env
     from worker.sources import SourceError, expand_paths, holds_many, read_inputs, shuffled
 
     def fail(message: str) -> SystemExit:
@@ -421,12 +424,16 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
         pacer = Pacer(rate, burst, interval)
         start_ms = parse_time(start) if start else None
         end_ms = parse_time(end) if end else None
-        extra = parse_settings(settings)
+        given = parse_settings(settings)
+        from_env = kafka_common_from_env()
+        extra = {**from_env, **given}
         if limit is not None and limit < 0:
             raise ValueError(f"--limit must be ≥ 0, got {limit}")
         if not connect_timeout_s > 0:
             raise ValueError(f"--connect-timeout must be > 0 s, got {connect_timeout_s}")
         files = expand_paths(paths) if paths else []
+    except ConfigError as exc:
+        raise fail(f"environment: {exc}") from exc
     except (ValueError, SourceError) as exc:
         raise fail(str(exc)) from exc
     if start_ms is not None and end_ms is not None and end_ms <= start_ms:
@@ -437,7 +444,9 @@ def replay_command(paths: Sequence[str], topic: str, bootstrap: str | None,
     refused = property_problems("producer", extra, other_role=True)
     if refused:
         key, message = refused[0]
-        raise fail(f"-X {key}: {message}" if key else f"-X settings: {message}")
+        where = (f"-X {key}" if key in given else
+                 f"{key} (from STAMP_WORKER__KAFKA__COMMON__*)" if key else "-X settings")
+        raise fail(f"{where}: {message}")
     try:
         check_reachable("producer", base, connect_timeout_s,
                         what="--bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")

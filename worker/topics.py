@@ -333,14 +333,13 @@ def topics_command(config_path: str | None, describe: bool, partitions: int,
         raise fail(f"configuration: {exc}") from exc
     kafka = config.kafka
     try:
-        brokers = check_reachable("consumer", {**kafka.consumer,
-                                               "bootstrap.servers": kafka.bootstrap_servers},
-                                  kafka.connect_timeout_s,
+        settings = kafka.client_settings("consumer")
+        brokers = check_reachable("consumer", settings, kafka.connect_timeout_s,
                                   what=f"kafka.bootstrap_servers (or {ENV_BOOTSTRAP})")
         specs = specs_for(config.topics.input, config.topics.output,
                           config.topics.dead_letter, brokers, partitions,
                           replication_factor, retention_days, dead_letter_retention_days)
-        states = ensure_topics(admin_client(kafka.bootstrap_servers, kafka.consumer), specs,
+        states = ensure_topics(admin_client(kafka.bootstrap_servers, settings), specs,
                                create=not describe)
     except (ClusterError, TopicsError, ValueError) as exc:
         raise fail(str(exc)) from exc

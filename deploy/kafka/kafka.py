@@ -3,6 +3,7 @@
 Usage::
 
     python deploy/kafka/kafka.py start [--port N] [--dir D]   # prints KAFKA_BOOTSTRAP_SERVERS=...
+    python deploy/kafka/kafka.py start --sasl-ssl   # also TLS + SCRAM-SHA-512: D/tls/client.env
     python deploy/kafka/kafka.py status [--dir D]
     python deploy/kafka/kafka.py stop [--wipe] [--dir D]   # --wipe: delete every topic too
 

@@ -4,6 +4,7 @@
 #
 #   deploy/helm/install-helm.sh            # prints the path of the helm binary
 #   HELM_VERSION=v3.21.4 deploy/helm/install-helm.sh
+#   deploy/helm/install-helm.sh --path     # only print where it is (or would be) installed
 #
 # Installs into ${XDG_CACHE_HOME:-~/.cache}/stamp-worker/helm/<version>/helm (outside the
 # checkout, so `make clean` and fresh clones on the same machine reuse it); override with
@@ -18,6 +19,13 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 HELM_K8S_MINOR="${HELM_K8S_MINOR:-37}"
 HELM_INSTALL_DIR="${HELM_INSTALL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/stamp-worker/helm/$HELM_VERSION}"
 helm_bin="$HELM_INSTALL_DIR/helm"
+if [ "${1:-}" = "--path" ]; then
+  echo "$helm_bin"
+  exit 0
+elif [ $# -gt 0 ]; then
+  echo "install-helm.sh: unknown argument $1 (the only option is --path)" >&2
+  exit 2
+fi
 
 if [ -x "$helm_bin" ] && "$helm_bin" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; then
   echo "$helm_bin"

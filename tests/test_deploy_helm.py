@@ -390,12 +390,13 @@ def test_secrets_come_from_secrets_never_the_configmap(helm: str, tmp_path: Path
     config_text = only(objects, "ConfigMap")["data"]["worker.yaml"]
     assert "password" not in config_text and "user.info" not in config_text
     config = load_pod_config(objects, tmp_path)
-    for role in (config.kafka.consumer, config.kafka.producer):
-        assert role["sasl.username"] == "kafka-sasl/username"
-        assert role["sasl.password"] == "kafka-sasl/password"
-        assert role["security.protocol"] == "SASL_SSL"
-        assert role["sasl.mechanism"] == "SCRAM-SHA-512"
-        assert Path(role["ssl.ca.location"]).is_file()
+    for role in ("consumer", "producer"):
+        settings = config.kafka.client_settings(role)
+        assert settings["sasl.username"] == "kafka-sasl/username"
+        assert settings["sasl.password"] == "kafka-sasl/password"
+        assert settings["security.protocol"] == "SASL_SSL"
+        assert settings["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert Path(settings["ssl.ca.location"]).is_file()
     assert config.registry.client["basic.auth.user.info"] == "user:schema-registry/user-info"
     assert config.batch.max_messages == 128  # extraEnv reaches the worker
     # KEDA reads the lag with the same credentials.
@@ -436,6 +437,9 @@ BROKEN_RULES = {
     "a password in the ConfigMap": (
         ["--set", "config.kafka.consumer.sasl\\.password=hunter2"],
         'config.kafka.consumer["sasl.password"] is a secret'),
+    "a password in kafka.common": (
+        ["--set", "config.kafka.common.sasl\\.password=hunter2"],
+        'config.kafka.common["sasl.password"] is a secret'),
     "registry credentials in the ConfigMap": (
         ["--set", "config.registry.url=http://registry:8081",
          "--set", "config.registry.client.basic\\.auth\\.user\\.info=u:p"],

@@ -71,18 +71,17 @@ Rendered as YAML; the ConfigMap holds it and the tests load it with worker.confi
 {{- $_ := set $cfg "metrics" $metrics }}
 {{- $protocol := include "stamp-worker.securityProtocol" . }}
 {{- if $protocol }}
+{{- /* kafka.common: librdkafka settings of both clients (consumer and producer). */}}
 {{- $kafka := deepCopy (get $cfg "kafka" | default dict) }}
-{{- range $role := list "consumer" "producer" }}
-{{- $props := deepCopy (get $kafka $role | default dict) }}
-{{- if not (hasKey $props "security.protocol") }}{{ $_ := set $props "security.protocol" $protocol }}{{ end }}
-{{- if and $.Values.kafkaAuth.sasl.enabled (not (hasKey $props "sasl.mechanism")) }}
-{{- $_ := set $props "sasl.mechanism" $.Values.kafkaAuth.sasl.mechanism }}
+{{- $common := deepCopy (get $kafka "common" | default dict) }}
+{{- if not (hasKey $common "security.protocol") }}{{ $_ := set $common "security.protocol" $protocol }}{{ end }}
+{{- if and .Values.kafkaAuth.sasl.enabled (not (hasKey $common "sasl.mechanism")) }}
+{{- $_ := set $common "sasl.mechanism" .Values.kafkaAuth.sasl.mechanism }}
 {{- end }}
-{{- if and $.Values.kafkaAuth.tls.enabled $.Values.kafkaAuth.tls.secretName (not (hasKey $props "ssl.ca.location")) }}
-{{- $_ := set $props "ssl.ca.location" (printf "%s/%s" $.Values.kafkaAuth.tls.mountPath $.Values.kafkaAuth.tls.caKey) }}
+{{- if and .Values.kafkaAuth.tls.enabled .Values.kafkaAuth.tls.secretName (not (hasKey $common "ssl.ca.location")) }}
+{{- $_ := set $common "ssl.ca.location" (printf "%s/%s" .Values.kafkaAuth.tls.mountPath .Values.kafkaAuth.tls.caKey) }}
 {{- end }}
-{{- $_ := set $kafka $role $props }}
-{{- end }}
+{{- $_ := set $kafka "common" $common }}
 {{- $_ := set $cfg "kafka" $kafka }}
 {{- end }}
 {{- if and .Values.gpu.enabled (not (get $cfg "model_device")) }}

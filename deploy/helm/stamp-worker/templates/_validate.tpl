@@ -22,7 +22,7 @@ line naming the value and what to do. Included once, from configmap.yaml.
 
 {{- /* Secrets never go into the ConfigMap. */}}
 {{- $secretKeys := list "sasl.password" "ssl.key.password" "ssl.key.pem" "basic.auth.user.info" "bearer.auth.token" "sasl.oauthbearer.config" "sasl.oauthbearer.client.secret" }}
-{{- $sections := dict "config.kafka.consumer" (get $kafka "consumer") "config.kafka.producer" (get $kafka "producer") "config.registry.client" (get (get $cfg "registry" | default dict) "client") }}
+{{- $sections := dict "config.kafka.common" (get $kafka "common") "config.kafka.consumer" (get $kafka "consumer") "config.kafka.producer" (get $kafka "producer") "config.registry.client" (get (get $cfg "registry" | default dict) "client") }}
 {{- range $where, $props := $sections }}
 {{- range $key, $_ := ($props | default dict) }}
 {{- $k := lower $key }}

@@ -206,3 +206,45 @@ def test_a_refused_login_or_an_untrusted_broker_stops_with_one_line(
     for text in (done.stdout, done.stderr):
         assert secured.password not in text
         assert "not-the-password" not in text
+
+
+README_SECTION = "### A secured cluster (TLS + SASL)"
+
+
+def test_the_readme_secured_cluster_steps_work_as_written(tmp_path: Path,
+                                                          data_dir: Path) -> None:
+    """The README's block: a SASL_SSL dev broker, its client.env, topics → labels."""
+    from tests.integration.test_readme import copy_of_repository
+
+    if not (REPO / ".venv" / "bin" / "stamp-worker").exists():
+        pytest.skip("the block uses .venv/bin/stamp-worker: run `make venv` first")
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(README_SECTION):]
+    block = section[section.index("```bash\n") + len("```bash\n"):]
+    block = block[:block.index("```")]
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    copy_of_repository(clone)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(data_dir)
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("KAFKA_", "STAMP_WORKER"))}
+    env["STAMP_WORKER__METRICS__PORT"] = "0"  # 9108 may be another worker's
+    env["STAMP_KAFKA_CACHE"] = str(clone / ".cache" / "kafka")  # the copy's jar list
+    started = time.monotonic()
+    try:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=clone, env=env,
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    finally:
+        subprocess.run([sys.executable, "deploy/kafka/kafka.py", "stop", "--dir",
+                        ".cache/kafka/secured"], cwd=clone, env=env, capture_output=True,
+                       timeout=60)
+    print(f"README block: exit {done.returncode} in {time.monotonic() - started:.1f} s")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "SASL_SSL listener 127.0.0.1:" in output
+    assert "sent 200, failed 0" in output, output[-4000:]
+    assert "stopped cleanly after 200 messages" in output, output[-4000:]
+    assert len([line for line in done.stdout.splitlines()
+                if line.startswith('{"objectId"')]) == 2, done.stdout
+    assert "deleted " in output  # stop --wipe found the broker folder it made

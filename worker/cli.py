@@ -271,7 +271,9 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                    help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
     p.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
                    help="librdkafka setting for the producer (and the source consumer), "
-                   "e.g. -X security.protocol=SASL_SSL; repeatable")
+                   "e.g. -X security.protocol=SASL_SSL; repeatable. Over those of the "
+                   "STAMP_WORKER__KAFKA__COMMON__* variables, the worker's security "
+                   "settings (give a password there, not here)")
     p.add_argument("--connect-timeout", type=positive_float, default=30.0, metavar="S",
                    help="seconds to wait for the cluster to answer before giving up "
                    "(default 30)")
@@ -332,7 +334,9 @@ def _add_labels(sub: argparse._SubParsersAction) -> None:
         "labels", help="print the label records of a topic as JSON lines or CSV",
         description="Read a label topic from its start to its end as seen at the start "
         "(or --follow it) with a throw-away consumer group, and write its records as "
-        "classify does; a count per class goes to standard error.")
+        "classify does; a count per class goes to standard error. The "
+        "STAMP_WORKER__KAFKA__COMMON__* variables (security settings, as the worker "
+        "reads them) are the consumer's librdkafka settings.")
     p.add_argument("--topic", required=True, help="label topic")
     p.add_argument("-b", "--bootstrap-servers",
                    help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")

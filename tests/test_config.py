@@ -13,10 +13,12 @@ import pytest
 import yaml
 
 from worker.config import (
+    BUNDLED_MODEL_BASELINE,
     REDACTED,
     AsteroidPolicy,
     BatchConfig,
     ConfigError,
+    DriftConfig,
     KafkaConfig,
     MetricsConfig,
     RegistryConfig,
@@ -214,7 +216,8 @@ def test_example_file_loads_and_documents_every_key() -> None:
     assert list(tree) == [f.name for f in dataclasses.fields(WorkerConfig)]
     sections = {"kafka": KafkaConfig, "topics": TopicsConfig, "batch": BatchConfig,
                 "metrics": MetricsConfig, "asteroid_policy": AsteroidPolicy,
-                "registry": RegistryConfig}
+                "registry": RegistryConfig, "drift": DriftConfig}
+    assert config.drift == DriftConfig()  # the example shows the defaults
     for name, cls in sections.items():
         assert list(tree[name]) == [f.name for f in dataclasses.fields(cls)], name
     assert list(tree["preprocessing"]) == ["crop_size", "non_square"]
@@ -432,6 +435,22 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("processes as text", {"processes": "two"}, "processes", "got string 'two'"),
     ("metrics ports past 65535", {"processes": 4, "metrics": {"port": 65534}}, "processes",
      "ports 65534 to 65537, past 65535"),
+    ("drift baseline without most classes", {"drift": {"baseline": {"AGN": 1.0}}},
+     "drift.baseline", "no share for SN, VS, asteroid, bogus"),
+    ("drift baseline class in the wrong case",
+     {"drift": {"baseline": {"agn": 0.2, "SN": 0.2, "VS": 0.2, "asteroid": 0.2, "bogus": 0.2}}},
+     "drift.baseline", "unknown class 'agn'; did you mean 'AGN'?"),
+    ("drift baseline not summing to 1",
+     {"drift": {"baseline": {"AGN": 0.5, "SN": 0.2, "VS": 0.2, "asteroid": 0.2, "bogus": 0.2}}},
+     "drift.baseline", "the shares sum to 1.3, not 1"),
+    ("drift share as text",
+     {"drift": {"baseline": {"AGN": 0.2, "SN": "a fifth", "VS": 0.2, "asteroid": 0.2,
+                             "bogus": 0.2}}},
+     "drift.baseline", "SN: expected a share from 0 to 1, got string 'a fifth'"),
+    ("drift baseline as a list", {"drift": {"baseline": [0.2] * 5}}, "drift.baseline",
+     "expected a mapping of class: share"),
+    ("drift distance above 1", {"drift": {"max_distance": 1.5}}, "drift.max_distance",
+     "a total variation distance > 0 and <= 1, got 1.5"),
 ]
 
 
@@ -443,6 +462,34 @@ def test_invalid_values_name_their_key(tmp_path: Path, change: dict[str, Any], k
     assert f"{key}: " in message or f"{key} (from" in message, message
     assert fragment in message, message
     assert str(tmp_path / "worker.yaml") in message  # the file is named
+
+
+def test_drift_defaults_to_the_bundled_models_shares_and_reads_the_environment() -> None:
+    config = load_config(None, env=MINIMAL_ENV)
+    assert config.drift.baseline == BUNDLED_MODEL_BASELINE
+    assert sum(BUNDLED_MODEL_BASELINE.values()) == pytest.approx(1.0)
+    config = load_config(None, env={
+        **MINIMAL_ENV, "STAMP_WORKER__DRIFT__MAX_DISTANCE": "0.3",
+        "STAMP_WORKER__DRIFT__BASELINE": "AGN=0.1, SN=0.3,VS=0.4,asteroid=0.1,bogus=.1"})
+    assert dict(config.drift.baseline) == {"AGN": 0.1, "SN": 0.3, "VS": 0.4,
+                                           "asteroid": 0.1, "bogus": 0.1}
+    assert config.drift.max_distance == 0.3
+    assert pickle.loads(pickle.dumps(config)) == config
+    with pytest.raises(TypeError):
+        config.drift.baseline["SN"] = 1.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({"STAMP_WORKER__DRIFT__BASELINE": "AGN:0.2"},
+     "drift.baseline (from STAMP_WORKER__DRIFT__BASELINE): expected CLASS=SHARE pairs"),
+    ({"STAMP_WORKER__DRIFT__BASELINE__SN": "0.2"},
+     "drift.baseline is one value, not a section; use STAMP_WORKER__DRIFT__BASELINE"),
+])
+def test_drift_baseline_from_the_environment_in_the_wrong_form(env: dict[str, str],
+                                                               fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**MINIMAL_ENV, **env})
+    assert fragment in str(info.value)
 
 
 def test_missing_required_key(tmp_path: Path) -> None:

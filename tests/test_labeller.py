@@ -118,3 +118,20 @@ def test_known_asteroid_rules(model: StampModel) -> None:
     assert not known_asteroid(alert(ssnamenr="433", ssdistnr=1.0, ssmagnr=21.0), 5.0, 20.0)
     assert known_asteroid(alert(ssnamenr="433", ssdistnr=1.0, ssmagnr=19.5), 5.0, 20.0)
 
+
+
+def test_on_predictions_gets_each_model_call_not_the_policy_labels(model: StampModel) -> None:
+    calls: list[np.ndarray] = []
+    labeller = Labeller(model, asteroid_policy=AsteroidPolicy(enabled=True),
+                        on_predictions=calls.append)
+    asteroid = synthetic_alert(11, ssnamenr="1234", ssdistnr=0.5)
+    work = [w for p in (synthetic_alert(10), asteroid, synthetic_alert(12))
+            for w in labeller.decode(p, SOURCE, 0)[0]]
+    outcomes = labeller.infer(work)
+    assert len(calls) == 1 and calls[0].shape == (2, len(CLASS_NAMES))
+    np.testing.assert_array_equal(calls[0], [outcomes[0].probabilities,
+                                             outcomes[2].probabilities])
+    only_policy = labeller.decode(asteroid, SOURCE, 0)[0]
+    labeller.infer(only_policy)
+    labeller.infer([])
+    assert len(calls) == 1  # no model call, nothing to count

@@ -12,18 +12,22 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.config import BUNDLED_MODEL_BASELINE
 from worker.metrics import (
     JD_UNIX_EPOCH,
     STAGES,
+    TOP_PROBABILITY_BUCKETS,
     HealthState,
     MetricsServer,
     WorkerMetrics,
     jd_to_unix,
 )
+from worker.model import CLASS_NAMES
 
 TOPIC = "ztf_20250101_programid1"
 
@@ -284,6 +288,95 @@ def test_two_instances_on_two_registries_do_not_clash() -> None:
     assert second.get_sample_value("stamp_worker_alerts_consumed_total") == 1
     with pytest.raises(ValueError, match="Duplicated"):
         WorkerMetrics(first)  # one registry, one WorkerMetrics
+
+
+# ---------------------------------------------------------------- drift metrics
+def _prediction_samples(registry: CollectorRegistry) -> dict:
+    return {(s.name, frozenset(s.labels.items())): s.value for family in registry.collect()
+            for s in family.samples if "model_predictions" in s.name
+            or "model_top_probability" in s.name}
+
+
+def test_a_batch_of_predictions_counts_as_one_observation_per_alert_would() -> None:
+    """The batch collector exposes what prometheus_client's own Counter and Histogram
+    give when fed one alert at a time, bucket bounds hit exactly included."""
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.full(len(CLASS_NAMES), 0.3), size=500).astype(np.float32)
+    # Top probabilities exactly on bounds (a value equal to le is in that bucket),
+    # and certain predictions (above the last finite bound).
+    for row, (top, value) in enumerate([(1, 0.8), (2, 0.5), (0, 0.999), (3, 1.0)]):
+        probs[row] = (1 - value) / (len(CLASS_NAMES) - 1)
+        probs[row, top] = value
+    batched = CollectorRegistry()
+    metrics = WorkerMetrics(batched)
+    metrics.observe_predictions(probs[:123])
+    metrics.observe_predictions(probs[123:])
+    metrics.observe_predictions(probs[:0])  # an empty batch changes nothing
+
+    reference = CollectorRegistry()
+    count = Counter("stamp_worker_model_predictions", "", ["class"], registry=reference)
+    hist = Histogram("stamp_worker_model_top_probability", "", ["class"],
+                     buckets=TOP_PROBABILITY_BUCKETS, registry=reference)
+    for row in probs:
+        top = int(row.argmax())
+        count.labels(CLASS_NAMES[top]).inc()
+        hist.labels(CLASS_NAMES[top]).observe(float(row[top]))
+    expected = {key: value for key, value in _prediction_samples(reference).items()
+                if not key[0].endswith("_created")}
+    got = _prediction_samples(batched)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key
+    assert sum(v for (name, _), v in got.items()
+               if name == "stamp_worker_model_predictions_total") == 500
+
+
+def test_prediction_series_exist_at_zero_and_in_the_exposition(
+        metrics: WorkerMetrics, server: MetricsServer) -> None:
+    got = scrape(server)
+    for name in CLASS_NAMES:
+        assert sample(got, "stamp_worker_model_predictions_total", **{"class": name}) == 0
+        assert sample(got, "stamp_worker_model_top_probability_bucket",
+                      **{"class": name, "le": "+Inf"}) == 0
+    metrics.observe_predictions(np.array([[0.05, 0.9, 0.03, 0.01, 0.01]]))
+    got = scrape(server)
+    assert sample(got, "stamp_worker_model_predictions_total", **{"class": "SN"}) == 1
+    assert sample(got, "stamp_worker_model_top_probability_bucket",
+                  **{"class": "SN", "le": "0.8"}) == 0
+    assert sample(got, "stamp_worker_model_top_probability_bucket",
+                  **{"class": "SN", "le": "0.9"}) == 1
+    assert sample(got, "stamp_worker_model_top_probability_sum",
+                  **{"class": "SN"}) == pytest.approx(0.9)
+    _, _, body = get(server, "/metrics")
+    assert "# TYPE stamp_worker_model_predictions_total counter" in body.splitlines()
+    assert "# TYPE stamp_worker_model_top_probability histogram" in body.splitlines()
+
+
+def test_a_prediction_that_is_not_a_number_spoils_no_sum(registry: CollectorRegistry,
+                                                         metrics: WorkerMetrics) -> None:
+    metrics.observe_predictions(np.array([[np.nan, 0.1, 0.1, 0.1, 0.1],
+                                          [0.1, 0.6, 0.1, 0.1, 0.1]]))
+    name = "stamp_worker_model_top_probability"
+    assert registry.get_sample_value(f"{name}_count", {"class": "AGN"}) == 1
+    assert registry.get_sample_value(f"{name}_bucket", {"class": "AGN", "le": "0.999"}) == 0
+    assert registry.get_sample_value(f"{name}_sum", {"class": "AGN"}) == 0
+    assert registry.get_sample_value(f"{name}_sum", {"class": "SN"}) == pytest.approx(0.6)
+
+
+def test_predictions_of_the_wrong_shape_are_refused(metrics: WorkerMetrics) -> None:
+    with pytest.raises(ValueError, match=r"expected \(N, 5\) probabilities"):
+        metrics.observe_predictions(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="expected"):
+        metrics.observe_predictions(np.zeros(5))
+
+
+def test_set_drift_exports_the_baseline(registry: CollectorRegistry,
+                                        metrics: WorkerMetrics) -> None:
+    metrics.set_drift(BUNDLED_MODEL_BASELINE, 0.25)
+    for name, share in BUNDLED_MODEL_BASELINE.items():
+        assert registry.get_sample_value("stamp_worker_drift_baseline_share",
+                                         {"class": name}) == share
+    assert registry.get_sample_value("stamp_worker_drift_max_distance") == 0.25
 
 
 # ---------------------------------------------------------------- librdkafka statistics

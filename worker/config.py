@@ -843,8 +843,8 @@ def _registry_client_problem(url: str, client: Mapping[str, Any]) -> str | None:
 BUNDLED_MODEL_BASELINE: Mapping[str, float] = MappingProxyType({
     "AGN": 0.092, "SN": 0.159, "VS": 0.551, "asteroid": 0.062, "bogus": 0.136})
 """Top-class shares of the bundled model (rotinv v2) on the 1656 alerts of the shared
-real data that it labels: ``stamp-worker classify ../shared/data -f csv -o labels.csv``
-gave AGN 152, SN 264, VS 912, asteroid 102, bogus 226.  That sample is a mix of test
+real data that it labels: ``stamp-worker classify ../shared/data -q -o /dev/null``
+counts AGN 152, SN 264, VS 912, asteroid 102, bogus 226.  That sample is a mix of test
 files and class-selected sets of other brokers, not one night's stream: measure a
 normal night and set ``drift.baseline`` from it."""
 BASELINE_SUM_TOLERANCE = 0.01

@@ -8,7 +8,7 @@ Kafka, files and output formats stay outside.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,17 +150,24 @@ class Labeller:
         Label known solar-system objects without the model (off by default).
     preprocess : PreprocessConfig, optional
         The preprocessing, when there is no model to give it.
+    on_predictions : callable, optional
+        Called by :meth:`infer` with each model call's (N, 5) probability array (N ≥ 1),
+        e.g. :meth:`worker.metrics.WorkerMetrics.observe_predictions`: the drift metrics
+        then cost one array operation per batch, not Python work per alert.  Alerts the
+        asteroid policy labels are not predictions and are not passed.
     """
 
     def __init__(self, model: StampModel | None, decoder: AlertDecoder | None = None,
                  asteroid_policy: AsteroidPolicy | None = None,
-                 preprocess: PreprocessConfig | None = None) -> None:
+                 preprocess: PreprocessConfig | None = None,
+                 on_predictions: Callable[[np.ndarray], None] | None = None) -> None:
         if model is None and preprocess is None:
             raise ValueError("a Labeller needs a model, or a preprocessing to decode only")
         self.model = model
         self.preprocess = preprocess if preprocess is not None else model.preprocess
         self.decoder = decoder or AlertDecoder()
         self.policy = asteroid_policy or AsteroidPolicy()
+        self.on_predictions = on_predictions
 
     def decode(self, payload: bytes, source: Source, consumed_at_ms: int
                ) -> tuple[list[Work], list[Rejected]]:
@@ -301,6 +308,8 @@ class Labeller:
         probs = (self.model.predict(np.stack([p.image for p in cnn]),
                                     np.stack([p.features for p in cnn]))
                  if cnn else np.zeros((0, len(CLASS_NAMES)), np.float32))
+        if cnn and self.on_predictions is not None:
+            self.on_predictions(probs)
         # Python floats once per batch: a label record wants floats, and per-alert
         # numpy scalars cost more than the rest of the record.
         rows = iter(probs.tolist())

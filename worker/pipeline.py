@@ -54,7 +54,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from worker.alerts import AlertDecoder
 from worker.cluster import librdkafka_logger, same_kind
-from worker.config import WorkerConfig
+from worker.config import BUNDLED_MODEL_BASELINE, WorkerConfig
 from worker.decodepool import DecodePool, refusal_to_rejected
 from worker.identity import IdentityError, TransactionalId, claim_transactional_id, fenced_reason
 from worker.labeller import Labeller, Outcome, Rejected, Work
@@ -153,7 +153,8 @@ class Worker:
         self.model = model
         self.metrics = metrics
         self.health = health
-        self.labeller = Labeller(model, decoder or AlertDecoder(), config.asteroid_policy)
+        self.labeller = Labeller(model, decoder or AlertDecoder(), config.asteroid_policy,
+                                 on_predictions=metrics.observe_predictions)
         self._pool = (DecodePool(config.batch.decode_processes, model.preprocess,
                                  config.asteroid_policy, config.registry.url,
                                  config.registry.client)
@@ -216,6 +217,12 @@ class Worker:
         if config.exactly_once:
             self.producer.init_transactions(30)
         metrics.set_model(model.name, model.version, PREPROCESSING_VERSION)
+        metrics.set_drift(config.drift.baseline, config.drift.max_distance)
+        if config.model_path is not None and config.drift.baseline == BUNDLED_MODEL_BASELINE:
+            log.warning("drift.baseline holds the bundled model's class shares, not those of "
+                        "the model in %s: measure them (stamp-worker classify) and set "
+                        "drift.baseline, or the drift alert compares two models",
+                        config.model_path)
         if hasattr(model, "warm_up"):
             # A batch shape traced mid-stream stalls the loop ~0.3 s: trace them all first.
             model.warm_up(config.batch.max_messages)

@@ -28,7 +28,7 @@ from worker.alerts import Alert, AlertDecoder
 from worker.config import load_config
 from worker.errors import AlertError
 from worker.metrics import HealthState, WorkerMetrics
-from worker.model import StampModel
+from worker.model import CLASS_NAMES, StampModel
 from worker.output import decode_labels
 from worker.packets import synthetic_alert
 from worker.pipeline import DeliveryError, Worker
@@ -452,10 +452,11 @@ def test_metrics_move_during_a_run(kafka_bootstrap: str, topics: dict, model_dir
                 time.sleep(0.3)
                 continue
             samples.append(text)
-            # Consumed is counted when a batch is taken in, dead letters when it is
-            # finished (batches overlap by one): wait for both.
+            # Consumed is counted when a batch is taken in, dead letters and
+            # predictions when it is finished (batches overlap by one): wait for all.
             if ("stamp_worker_alerts_consumed_total 301.0" in text
-                    and 'dead_lettered_total{reason="unknown_format"} 1.0' in text):
+                    and 'dead_lettered_total{reason="unknown_format"} 1.0' in text
+                    and sum(_predicted(text)) == 300):
                 break
             time.sleep(0.3)
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status
@@ -470,8 +471,23 @@ def test_metrics_move_during_a_run(kafka_bootstrap: str, topics: dict, model_dir
         assert f'stamp_worker_stage_seconds_count{{stage="{stage}"}}' in final
     assert "stamp_worker_end_to_end_seconds_count" in final
     assert "stamp_worker_alert_age_seconds_count" in final
+    # Drift: each model prediction counted once by its top class, as the labels are;
+    # the configured (here the default) baseline exported.
+    predicted = _predicted(final)
+    labelled = [_value(final, f'stamp_worker_alerts_classified_total{{label="{c}"}}')
+                for c in CLASS_NAMES]
+    assert sum(predicted) == 300 and predicted == labelled
+    assert _value(final, 'stamp_worker_model_top_probability_count{class="SN"}') == predicted[1]
+    assert _value(final, 'stamp_worker_drift_baseline_share{class="VS"}') == 0.551
+    assert _value(final, "stamp_worker_drift_max_distance") == 0.2
     counts = [_value(s, "stamp_worker_alerts_consumed_total") for s in samples]
     assert len(set(counts)) > 1, "the counter should be seen moving during the run"
+
+
+def _predicted(text: str) -> list[float]:
+    """``stamp_worker_model_predictions_total`` of each class, in CLASS_NAMES order."""
+    return [_value(text, f'stamp_worker_model_predictions_total{{class="{c}"}}')
+            for c in CLASS_NAMES]
 
 
 def _value(text: str, name: str) -> float:

@@ -239,3 +239,18 @@ def test_classify_with_the_jax_backend_labels_as_onnx_does(alert_files: Path) ->
         assert record["top_class"] == expected["top_class"]
         for name, p in record["probabilities"].items():
             assert p == pytest.approx(expected["probabilities"][name], abs=1e-5)
+
+
+def test_the_gpu_benchmark_runs_and_names_the_machine() -> None:
+    """bench/bench_gpu.py, prepared for a GPU machine, runs here on the CPU (tiny batch)."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--batch", "8",
+                           "--repeat", "1", "--min-seconds", "0"], capture_output=True,
+                          text=True, timeout=300, env=_fresh_env())
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and lines[1].startswith("GPU: ")
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith(("| jax", "| onnx"))]
+    assert [[cell.strip() for cell in row[:3]] for row in rows] == [
+        ["jax", "cpu", "8"], ["onnx", "cpu", "8"]]
+    assert all(float(row[4].replace(",", "")) > 0 for row in rows)  # stamps/s

@@ -256,6 +256,21 @@ def _filtered_stderr(min_level: int) -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def native_notices_dropped() -> Iterator[None]:
+    """Drop absl-formatted notices below ``TF_CPP_MIN_LOG_LEVEL`` from stderr meanwhile.
+
+    For native libraries that log through absl before its threshold applies (JAX's CUDA
+    plugin looking for a driver, TensorFlow's start-up); everything else passes.
+    """
+    level = _min_level()
+    if level < 1:
+        yield
+        return
+    with _filtered_stderr(level):
+        yield
+
+
 def import_keras() -> None:
     """Import Keras and its backend, without TensorFlow's start-up notices.
 

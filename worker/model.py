@@ -31,11 +31,14 @@ at most ten shapes, which :meth:`StampModel.warm_up` compiles before the first a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -45,6 +48,8 @@ import numpy as np
 
 from worker.features import FEATURE_NAMES, FeatureEncoding
 from worker.stamps import PREPROCESSING_VERSION, PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 CLASS_NAMES: tuple[str, ...] = ("AGN", "SN", "VS", "asteroid", "bogus")
 MANIFEST = "manifest.json"
@@ -146,6 +151,46 @@ def _jax_cuda_plugin() -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _jax_start_quietly() -> Iterator[list[logging.LogRecord]]:
+    """Start JAX's backends without its plugin notices and tracebacks on stderr.
+
+    JAX's CUDA plugin, installed on a machine without a usable GPU, logs a traceback
+    ("Jax plugin configuration error") and the CUDA stub's absl notices while JAX starts;
+    here they are collected instead, for one line that says what is wrong.
+    """
+    from worker.commandline import native_notices_dropped
+
+    jax_log = logging.getLogger("jax._src.xla_bridge")
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.WARNING)
+    propagate = jax_log.propagate
+    jax_log.addHandler(handler)
+    jax_log.propagate = False
+    try:
+        with native_notices_dropped():
+            yield records
+    finally:
+        jax_log.removeHandler(handler)
+        jax_log.propagate = propagate
+
+
+def _jax_reason(records: list[logging.LogRecord]) -> str:
+    """JAX's last complaint while starting its backends, on one line ('' if none)."""
+    for record in reversed(records):
+        error = record.exc_info[1] if record.exc_info else None
+        text = str(error) if error is not None else record.getMessage()
+        text = " ".join(text.split())
+        if text:
+            return text[:200]
+    return ""
+
+
 def jax_device(device: str) -> Any:
     """The JAX device that runs the model for ``device`` (after :func:`use_jax`).
 
@@ -165,14 +210,17 @@ def jax_device(device: str) -> Any:
     ModelError
         A GPU asked for and none usable, with what to install or check.
     """
-    import jax
-
     gpus: list[Any] = []
-    if device != "cpu":
-        try:
-            gpus = jax.devices("gpu")
-        except RuntimeError:  # "Unknown backend: 'gpu' requested..."
-            gpus = []
+    with _jax_start_quietly() as records:
+        import jax
+
+        if device != "cpu":
+            try:
+                gpus = jax.devices("gpu")
+            except RuntimeError:  # "Unknown backend: 'gpu' requested..."
+                gpus = []
+        jax.devices()  # every backend started here, under the filter
+    reason = _jax_reason(records)
     if gpus:
         chosen = gpus[0]
         # Full float32 matrix products: JAX would use TF32 on Ampere and later GPUs
@@ -185,10 +233,14 @@ def jax_device(device: str) -> Any:
         elif not _jax_cuda_plugin():
             why = f"JAX has no CUDA plugin: {GPU_INSTALL} (jax[cuda12])"
         else:
-            why = ("JAX's CUDA plugin is installed but finds no usable GPU; check the "
-                   "NVIDIA driver (nvidia-smi)")
+            why = ("JAX's CUDA plugin is installed but finds no usable GPU"
+                   + (f" ({reason})" if reason else "") + "; check the NVIDIA driver "
+                   "(nvidia-smi)")
         raise ModelError(f"model device {device}: {why}, or use model_device cpu")
     else:
+        if device == "auto" and _jax_cuda_plugin():
+            log.warning("model device auto: JAX's CUDA plugin finds no usable GPU%s; the "
+                        "model runs on the CPU", f" ({reason})" if reason else "")
         chosen = jax.devices("cpu")[0]
     jax.config.update("jax_default_device", chosen)
     return chosen
@@ -445,9 +497,13 @@ class StampModel:
         if memory_fraction is not None and not 0 < memory_fraction <= 1:
             raise ModelError(f"model memory fraction must be in (0, 1], got {memory_fraction}")
         use_jax(device, memory_fraction)
+        from worker.commandline import native_notices_dropped
+
         try:
-            import jax  # noqa: F401
-            import keras  # noqa: F401
+            # JAX's CUDA plugin, where installed, logs absl notices when JAX is imported.
+            with native_notices_dropped():
+                import jax  # noqa: F401
+                import keras  # noqa: F401
         except ImportError as exc:
             raise ModelError(f"model_backend jax needs Keras and JAX, which are not "
                              f"installed ({exc}): pip install 'stamp-classifier-worker[jax]' "

@@ -184,6 +184,11 @@ def test_every_alert_is_labelled_or_dead_lettered(kafka_bootstrap: str, topics: 
     assert abs(sum(first["probabilities"].values()) - 1) < 1e-4
     assert first["model_name"] == "rotinv" and first["method"] == "cnn"
     assert worker.metrics.consumed._value.get() == len(payloads)
+    # The drift counter, fed a model call at a time (per chunk with decode helpers),
+    # agrees with the labels published.
+    predicted = {s.labels["class"]: s.value for family in worker.metrics.predictions.collect()
+                 for s in family.samples if s.name == "stamp_worker_model_predictions_total"}
+    assert {c: n for c, n in predicted.items() if n} == Counter(r["top_class"] for r in records)
 
 
 class FailingModel:

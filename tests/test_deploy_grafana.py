@@ -53,7 +53,7 @@ def _exported_labels() -> dict[str, set[str]]:
     return labels
 
 
-def _targets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def panel_targets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(panel title, target) of every query of every panel, rows' panels included."""
     panels = list(dashboard["panels"])
     for panel in list(panels):
@@ -62,9 +62,23 @@ def _targets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             for target in panel.get("targets", [])]
 
 
+def as_grafana_sends(expr: str, rate_interval: str = "1m") -> str:
+    """A panel query with the dashboard's variables replaced as Grafana does when every
+    job and process is chosen (``All`` is ``.*``)."""
+    for variable, value in (("$__rate_interval", rate_interval), ("$job", ".*"),
+                            ("$instance", ".*")):
+        expr = expr.replace(variable, value)
+    return expr
+
+
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
+
+
+def test_variables_are_replaced_as_grafana_does() -> None:
+    assert as_grafana_sends('rate(x{job=~"$job", instance=~"$instance"}[$__rate_interval])',
+                            "5s") == 'rate(x{job=~".*", instance=~".*"}[5s])'
 
 
 def test_the_committed_json_is_the_generators_output() -> None:
@@ -81,7 +95,7 @@ def test_the_committed_json_is_the_generators_output() -> None:
 
 def test_every_metric_a_panel_queries_is_exported(dashboard: dict[str, Any]) -> None:
     exported = _exported_labels()
-    targets = _targets(dashboard)
+    targets = panel_targets(dashboard)
     assert len(targets) >= 20, "the dashboard should query the worker's metrics"
     for title, target in targets:
         expr = target["expr"]
@@ -98,7 +112,7 @@ def test_every_metric_a_panel_queries_is_exported(dashboard: dict[str, Any]) -> 
 def test_every_label_a_panel_uses_is_carried_by_its_metrics(
         dashboard: dict[str, Any]) -> None:
     exported = _exported_labels()
-    for title, target in _targets(dashboard):
+    for title, target in panel_targets(dashboard):
         expr = target["expr"]
         carried = set(TARGET_LABELS)
         for name in re.findall(r"\bstamp_worker_\w+", expr):
@@ -116,12 +130,9 @@ def test_every_label_a_panel_uses_is_carried_by_its_metrics(
 def test_promtool_parses_every_panel_query(dashboard: dict[str, Any], tmp_path: Path) -> None:
     """Each query, with Grafana's variables replaced as Grafana does, is valid PromQL."""
     promtool = prometheus_tool("promtool")
-    values = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*"}
     rules = []
-    for number, (title, target) in enumerate(_targets(dashboard)):
-        expr = target["expr"]
-        for variable, value in values.items():
-            expr = expr.replace(variable, value)
+    for number, (title, target) in enumerate(panel_targets(dashboard)):
+        expr = as_grafana_sends(target["expr"])
         assert "$" not in expr, f"{title}: a variable left in {expr!r}"
         rules.append({"record": f"dashboard:query_{number}", "expr": expr})
     file = tmp_path / "dashboard.rules.yml"
@@ -135,7 +146,7 @@ def test_panels_read_the_datasource_variable_and_have_unique_ids(
         dashboard: dict[str, Any]) -> None:
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    for title, target in _targets(dashboard):
+    for title, target in panel_targets(dashboard):
         assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
         assert target["refId"], title
     names = [v["name"] for v in dashboard["templating"]["list"]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -17,11 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import prometheus_tool
-from worker.metrics import HealthState, MetricsServer, WorkerMetrics
+from tests.test_deploy_grafana import DASHBOARD, as_grafana_sends, panel_targets
+from worker.config import BUNDLED_MODEL_BASELINE
+from worker.metrics import STAGES, HealthState, MetricsServer, WorkerMetrics
+from worker.model import CLASS_NAMES
 
 DEADLINE_S = 60.0  # Prometheus start + first scrapes; generous for a loaded CI machine
 
@@ -140,3 +145,71 @@ def test_prometheus_scrapes_the_worker_metrics(prometheus: _Prometheus) -> None:
         info = _wait_for_value(prometheus, "stamp_worker_model_info", 1)
         assert info["metric"]["version"] == "1.2.0"
         assert info["metric"]["preprocessing"] == "stamps-v1"
+
+
+def _keep_busy(metrics: WorkerMetrics, stop: threading.Event) -> None:
+    """Move every metric of the worker a little, five times a second, until ``stop``."""
+    rng = np.random.default_rng(0)
+    stats = {"type": "consumer", "cgrp": {"assignment_size": 2},
+             "topics": {"alerts": {"partitions": {
+                 str(i): {"consumer_lag": 40 + i, "consumer_lag_stored": 30 + i}
+                 for i in range(2)}}}}
+    metrics.set_drift(BUNDLED_MODEL_BASELINE, 0.2)
+    metrics.set_model("rotinv", "2", "1")
+    while not stop.is_set():
+        metrics.consumed.inc(10)
+        for label in CLASS_NAMES:
+            metrics.classified.labels(label=label).inc(2)
+        metrics.dead_lettered.labels(reason="corrupt_gzip").inc()
+        metrics.delivery_failures.inc()
+        metrics.commits.inc()
+        metrics.commit_failures.inc()
+        metrics.consumer_errors.labels(error="UNKNOWN_TOPIC_OR_PART").inc()
+        metrics.rebalances.labels(kind="assign").inc()
+        metrics.observe_batch(10)
+        for stage in STAGES:
+            with metrics.time_stage(stage):
+                pass
+        metrics.alert_age_seconds.observe(90.0)
+        metrics.end_to_end_seconds.observe(0.2)
+        metrics.observe_predictions(rng.dirichlet(np.ones(len(CLASS_NAMES)), size=10))
+        metrics.update_from_librdkafka_stats(json.dumps(stats))
+        stop.wait(0.2)
+
+
+def test_every_dashboard_query_returns_series(prometheus: _Prometheus) -> None:
+    """Each query of the Grafana dashboard, as Grafana sends it, is accepted by a real
+    Prometheus scraping a busy worker and returns series: no panel stays empty, and
+    none fails at evaluation (a vector matching that PromQL's parser cannot judge)."""
+    queries = {title + ": " + target["refId"]: as_grafana_sends(target["expr"], "5s")
+               for title, target in panel_targets(json.loads(DASHBOARD.read_text()))}
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    stop = threading.Event()
+    busy = threading.Thread(target=_keep_busy, args=(metrics, stop), daemon=True)
+    busy.start()
+    pending, errors = dict(queries), {}
+    try:
+        with MetricsServer(registry, HealthState()) as server:
+            prometheus.start(server.port)
+            deadline = time.monotonic() + DEADLINE_S
+            while pending and time.monotonic() < deadline:
+                prometheus.check_alive()
+                for name, promql in list(pending.items()):
+                    try:
+                        result = _query(prometheus, promql)
+                    except urllib.error.HTTPError as exc:  # refused: the query is wrong
+                        errors[name] = exc.read().decode(errors="replace")
+                        del pending[name]
+                        continue
+                    except (urllib.error.URLError, ConnectionError, TimeoutError):
+                        break  # not listening yet
+                    if result:
+                        del pending[name]
+                time.sleep(0.5)
+    finally:
+        stop.set()
+        busy.join(10)
+    assert not errors, errors
+    assert not pending, (f"no series within {DEADLINE_S} s: {pending}\n"
+                         f"prometheus log:\n{prometheus.log()}")

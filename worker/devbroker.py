@@ -37,7 +37,8 @@ across stop/start; delete it for a fresh broker.  Environment: ``JAVA_HOME`` (el
 ``java`` on ``PATH``), ``KAFKA_HEAP_OPTS`` (default ``-Xms128m -Xmx512m``),
 ``STAMP_KAFKA_POM`` and ``STAMP_KAFKA_CACHE`` (other pom / cache folder).
 
-Only the standard library and confluent-kafka are used.
+Only the standard library and confluent-kafka are used, and ``cryptography`` for the
+SASL_SSL listener's certificates.
 """
 
 from __future__ import annotations

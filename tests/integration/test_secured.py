@@ -55,7 +55,7 @@ class Secured:
             "STAMP_WORKER__KAFKA__COMMON__SECURITY_PROTOCOL": "SASL_SSL",
             "STAMP_WORKER__KAFKA__COMMON__SASL_MECHANISM": "SCRAM-SHA-512",
             "STAMP_WORKER__KAFKA__COMMON__SASL_USERNAME": USER,
-            # The dotted spelling of a property name, as `kubectl create secret` keys it.
+            # The dotted spelling, as a Secret's key may give it through envFrom.
             "STAMP_WORKER__KAFKA__COMMON__SASL.PASSWORD": self.password,
             "STAMP_WORKER__KAFKA__COMMON__SSL_CA_LOCATION": str(self.ca),
             "STAMP_WORKER__KAFKA__CONNECT_TIMEOUT_S": "30",

@@ -223,8 +223,9 @@ def jax_device(device: str) -> Any:
     reason = _jax_reason(records)
     if gpus:
         chosen = gpus[0]
-        # Full float32 matrix products: JAX would use TF32 on Ampere and later GPUs
-        # (10-bit mantissa), and the probabilities would drift from the CPU's by ~1e-3.
+        # Full float32 matrix products and convolutions: by default JAX uses TF32 (a
+        # 10-bit mantissa) on Ampere and later GPUs, and the probabilities would no
+        # longer be the CPU's to float32 precision.
         jax.config.update("jax_default_matmul_precision", "highest")
     elif device in ("gpu", "cuda"):
         platforms = os.environ.get("JAX_PLATFORMS", "")

@@ -33,15 +33,18 @@ from worker.packets import synthetic_alert
 
 jax = pytest.importorskip("jax", reason="jax is not installed (it is in the dev extra)")
 
-# The JAX side: the bundled model with model_backend jax on the CPU, each input set of
-# an .npz predicted in batches of 256 (the worker's default), plus what the padding and
-# the process set-up did.
+# The JAX side: the bundled model with model_backend jax on a device (argv[3], default
+# cpu) with a memory fraction (argv[4], default none), each input set of an .npz
+# predicted in batches of 256 (the worker's default), plus what the padding and the
+# process set-up did.
 _JAX_SIDE = """
 import json, os, sys
 import numpy as np
 from worker.model import StampModel
 
-model = StampModel.load(backend="jax", device="cpu")
+device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+fraction = float(sys.argv[4]) if len(sys.argv) > 4 else None
+model = StampModel.load(backend="jax", device=device, memory_fraction=fraction)
 model.warm_up(100)
 import keras
 inputs = np.load(sys.argv[1])
@@ -58,7 +61,11 @@ out["padded"] = model.predict(images[:37], features[:37])  # padded to 64
 out["single"] = np.concatenate([model.predict(images[i:i + 1], features[i:i + 1])
                                 for i in range(3)])  # each padded to 8
 np.savez(sys.argv[2], **out)
+import jax
+stats = jax.devices()[0].memory_stats() or {}
 print(json.dumps({
+    "bytes_limit": stats.get("bytes_limit"),
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
     "keras": keras.backend.backend(), "backend": model.backend, "device": model.device,
     "KERAS_BACKEND": os.environ.get("KERAS_BACKEND"),
     "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
@@ -110,7 +117,8 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_the_worker_sets_up_keras_on_jax_itself(compared: dict) -> None:
     assert compared["info"] == {
         "keras": "jax", "backend": "jax", "device": "cpu", "KERAS_BACKEND": "jax",
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "imported": []}
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": None,
+        "bytes_limit": None, "imported": []}
 
 
 def test_jax_probabilities_equal_tensorflow_and_onnx_on_built_alerts(compared: dict) -> None:
@@ -178,14 +186,52 @@ def test_jax_is_refused_where_keras_runs_on_another_backend() -> None:
     assert os.environ.get("KERAS_BACKEND") == before  # nothing changed on the way out
 
 
+@pytest.fixture(scope="module")
+def jax_gpu() -> str:
+    """The kind of GPU JAX can use here ('' if none), asked in a fresh process so that
+    this one does not start JAX's GPU backend (and reserve the GPU's memory)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import jax\n"
+         "try:\n    print(jax.devices('gpu')[0].device_kind)\n"
+         "except RuntimeError:\n    print()\n"],
+        capture_output=True, text=True, timeout=300,
+        env=_fresh_env(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 @pytest.fixture
-def without_gpu() -> None:
-    try:
-        gpus = jax.devices("gpu")
-    except RuntimeError:
-        gpus = []
-    if gpus:
-        pytest.skip(f"JAX sees a GPU here ({gpus[0].device_kind}): nothing to refuse")
+def without_gpu(jax_gpu: str) -> None:
+    if jax_gpu:
+        pytest.skip(f"JAX sees a GPU here ({jax_gpu}): nothing to refuse")
+
+
+def test_jax_on_a_gpu_gives_the_cpu_probabilities(jax_gpu: str, compared: dict,
+                                                  tmp_path: Path) -> None:
+    """Where a GPU is usable (pip install '.[gpu]'): the same probabilities, and the
+    memory fraction caps what JAX's allocator may take."""
+    if not jax_gpu:
+        pytest.skip("no GPU that JAX can use here (an NVIDIA GPU and pip install "
+                    "'.[gpu]'): the GPU side is tested where there is one")
+    images, features = compared["built"]["inputs"]
+    np.savez(tmp_path / "in.npz", **{"built:images": images, "built:features": features})
+    done = subprocess.run([sys.executable, "-c", _JAX_SIDE, str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz"), "gpu", "0.2"], capture_output=True,
+                          text=True, timeout=600, env=_fresh_env())
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["device"] == f"gpu ({jax_gpu})" and info["backend"] == "jax"
+    assert (info["XLA_PYTHON_CLIENT_PREALLOCATE"], info["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == (
+        "true", "0.2")
+    got = np.load(tmp_path / "out.npz")["built"]
+    np.testing.assert_allclose(got, compared["built"]["onnx"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, compared["jax"]["built"], rtol=0, atol=1e-5)
+    total = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
+                            "--format=csv,noheader,nounits", "--id=0"],
+                           capture_output=True, text=True, timeout=60)
+    if total.returncode == 0 and info["bytes_limit"]:
+        share = info["bytes_limit"] / (float(total.stdout.split()[0]) * 2**20)
+        assert 0.05 < share <= 0.21, share  # 0.2 of the GPU, not JAX's default 0.75
 
 
 @pytest.mark.usefixtures("without_gpu")

@@ -9,10 +9,14 @@ DATA   ?= $(or $(STAMP_DATA_DIR),$(CURDIR)/../shared/data)
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# native/: the compiled decoding fast path (Rust, PyO3), built when cargo is there; without
+# it the worker runs its pure-Python path (same results, about twice the CPU per alert).
+$(VENV)/.installed: pyproject.toml native/Cargo.toml native/pyproject.toml native/src/lib.rs
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	if command -v cargo >/dev/null; then $(BIN)/pip install --quiet ./native; \
+	else echo "cargo not found: native/ not built, the pure-Python decoding path runs"; fi
 	touch $@
 
 lint: venv

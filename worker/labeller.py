@@ -24,6 +24,7 @@ from worker.stamps import (
     ModelInput,
     PreprocessConfig,
     decode_stamps,
+    native_image,
     preprocess_batch,
 )
 
@@ -270,6 +271,14 @@ class Labeller:
             if policy.enabled and known_asteroid(alert, policy.max_ssdistnr_arcsec,
                                                  policy.max_ssmagnr):
                 slots.append(Work(alert, item.source, None, item.consumed_at_ms, item.tag))
+                continue
+            # The compiled path (gunzip to normalized image in one call), when it applies;
+            # else the stamps join the batch's vectorized preprocessing below.
+            image = native_image(alert, self.preprocess)
+            if image is not None:
+                prepared = ModelInput(image=image, features=metadata_features(alert.candidate),
+                                      padded=False)
+                slots.append(Work(alert, item.source, prepared, item.consumed_at_ms, item.tag))
                 continue
             try:
                 stamps, padded = decode_stamps(alert, self.preprocess)

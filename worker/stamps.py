@@ -30,6 +30,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from isal import isal_zlib
 
+from worker import native
 from worker.alerts import Alert
 from worker.errors import AlertError, Reason
 from worker.features import metadata_features
@@ -525,6 +526,31 @@ def decode_stamps(alert: Alert, config: PreprocessConfig | None = None
     return full, padded
 
 
+def native_image(alert: Alert, config: PreprocessConfig) -> np.ndarray | None:
+    """The model image of an alert by the compiled path (:mod:`worker.native`), if it can.
+
+    The compiled path does gunzip, FITS, crop, NaN→0 and normalization in one call, and
+    only for the plain case: full-size BITPIX -32 stamps whose header
+    :func:`parse_fits` has already seen, with finite crops.  For anything else — and
+    without the extension — it returns None and the caller runs
+    :func:`decode_stamps` + :func:`preprocess_batch`, which give the same image
+    (bit for bit) or refuse the alert.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        (crop, crop, 3) float32 in [0, 1], writable, never padded.
+    """
+    if not native.ENABLED:
+        return None
+    raw = native.prepare_cutouts(alert.science, alert.template, alert.difference,
+                                 _HEADER_CACHE, config.limits.max_decompressed_bytes,
+                                 config.limits.max_axis, config.stamp_size, config.crop_size)
+    if raw is None:
+        return None
+    return np.frombuffer(raw, np.float32).reshape(config.crop_size, config.crop_size, 3)
+
+
 def prepare_alert(alert: Alert, config: PreprocessConfig | None = None) -> ModelInput:
     """Decode and preprocess one alert into the model's input.
 
@@ -545,6 +571,10 @@ def prepare_alert(alert: Alert, config: PreprocessConfig | None = None) -> Model
         Any stamp-level reason (corrupt gzip, FITS, shape, all-NaN).
     """
     config = config or PreprocessConfig()
+    image = native_image(alert, config)
+    if image is not None:
+        return ModelInput(image=image, features=metadata_features(alert.candidate),
+                          padded=False)
     full, padded = decode_stamps(alert, config)
     image = preprocess_stamps(full, config.crop_size)
     return ModelInput(image=image, features=metadata_features(alert.candidate), padded=padded)

@@ -419,6 +419,8 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "one of auto, onnx, keras, jax"),
     ("unknown model device", {"model_device": "tpu"}, "model_device",
      "one of cpu, gpu, cuda, auto"),
+    ("gpu asked of the keras backend", {"model_backend": "keras", "model_device": "gpu"},
+     "model_device", "served by model_backend onnx or jax, not keras"),
     ("memory fraction above one", {"model_backend": "jax", "model_memory_fraction": 1.5},
      "model_memory_fraction", "a number > 0 and ≤ 1 or null, got 1.5"),
     ("memory fraction zero", {"model_backend": "jax", "model_memory_fraction": 0},

@@ -975,7 +975,8 @@ class WorkerConfig:
         before Keras is imported), or ``auto`` (default: ``onnx`` when the artifact
         lists a ``model.onnx``, else ``keras``).
     model_device : str
-        ONNX and JAX backends: ``cpu`` (default), ``gpu`` or its synonym ``cuda`` (an
+        ONNX and JAX backends (``keras`` runs on the CPU only and refuses a GPU):
+        ``cpu`` (default), ``gpu`` or its synonym ``cuda`` (an
         NVIDIA GPU; needs the ``gpu`` extra: onnxruntime-gpu, jax[cuda12]; without a
         usable GPU the worker stops with one line saying what is missing) or ``auto``
         (the GPU when one is usable, else the CPU).
@@ -1041,8 +1042,14 @@ class WorkerConfig:
         instance_id = checks.field("instance_id", _instance_id)
         checks.field("model_path", _model_dir)
         backend = checks.field("model_backend", _one_of, choices=MODEL_BACKENDS)
-        checks.field("model_device", _one_of, choices=MODEL_DEVICES)
+        device = checks.field("model_device", _one_of, choices=MODEL_DEVICES)
         checks.field("model_threads", _integer, low=0, high=256)
+        # The keras backend runs on TensorFlow's CPU build: a GPU asked of it would be
+        # ignored without a word, so it is refused here instead.
+        if backend == "keras" and device in ("gpu", "cuda"):
+            checks.add(f"{device} is served by model_backend onnx or jax, not keras "
+                       "(TensorFlow's CPU build); set one of them or model_device: cpu",
+                       "model_device")
         memory_fraction = checks.field("model_memory_fraction", _fraction)
         exactly_once = checks.field("exactly_once", _boolean)
         checks.field("shutdown_timeout_s", _number, positive=True, unit="s")

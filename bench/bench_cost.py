@@ -8,8 +8,10 @@ same bundled model (Keras on TensorFlow, or ``--model``) and one CPU core:
     the whole record, ``gzip`` + ``astropy.io.fits`` for each cutout, numpy crop and
     normalization, the metadata features from the full candidate, and one model call per
     alert;
-(b) *the worker*: the projected Avro decode (:class:`worker.alerts.AlertDecoder`),
-    :func:`worker.stamps.prepare_alert` (gunzip, FITS cards, preprocessing, features),
+(b) *the worker*: the projected Avro decode (:class:`worker.alerts.AlertDecoder`, one
+    decoder for every pass as in the worker, so parsed writer schemas stay cached),
+    :func:`worker.stamps.prepare_alert` (gunzip, FITS cards, preprocessing, features;
+    compiled in ``native/`` when built, ``STAMP_NATIVE=0`` for the pure-Python path),
     one model call per batch of ``--batch`` alerts, and the label record
     (:func:`worker.output.label_record` + :func:`worker.output.encode_label`).
 
@@ -41,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up noti
 # must come before numpy is imported.
 from bench_decode import (
     CONFIG,
+    DECODER,
     CUTOUT_FIELDS,
     default_data_dir,
     kept_alerts,
@@ -54,7 +57,7 @@ from common import cpu_model
 import fastavro  # noqa: E402  (after the pinning)
 import numpy as np  # noqa: E402
 
-from worker.alerts import AlertDecoder  # noqa: E402
+from worker import native  # noqa: E402
 from worker.features import metadata_features  # noqa: E402
 from worker.model import StampModel  # noqa: E402
 from worker.output import Source, encode_label, label_record  # noqa: E402
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             model.predict(image[None], feats[None])
 
     def our_avro() -> None:
-        decoder = AlertDecoder()
+        decoder = DECODER
         for f in wl.files:
             for _ in zip(range(f.n_records), decoder.iter_records(f.payload), strict=False):
                 pass
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"CPU: {cpu_model()}, one core; {n} real alerts of {data}; model {model.name} "
           f"v{model.version}; reference: one model call per alert; worker: batches of "
-          f"{args.batch}; median of {args.repeat} passes\n")
+          f"{args.batch}; median of {args.repeat} passes; native path "
+          f"{'on' if native.ENABLED else 'off (pure Python)'}\n")
     print("| stage | reference µs/alert | worker µs/alert | ratio |")
     print("|---|---:|---:|---:|")
     totals = [0.0, 0.0]

@@ -492,12 +492,17 @@ class AlertDecoder:
             if pos + size > end:
                 raise AlertError(Reason.TRUNCATED_CONTAINER,
                                  f"block {n_blocks} announces {size} B, {end - pos} B left")
-            block = _decompress_block(codec_name, buf[pos:pos + size],
-                                      self.limits.max_block_bytes)
-            pos += size
             # Decode the whole block before yielding any of it: if its sync marker turns
             # out to be wrong, none of its records can be trusted.
-            records = self._read_block(block, count, codec, n_blocks)
+            records = None
+            if codec_name == "null" and codec.program is not None and native.ENABLED:
+                # In place: no copy of the block (most of the message) for the native reader.
+                records = self._read_block_native(buf, pos, pos + size, count, codec)
+            if records is None:
+                block = _decompress_block(codec_name, buf[pos:pos + size],
+                                          self.limits.max_block_bytes)
+                records = self._read_block(block, count, codec, n_blocks)
+            pos += size
             marker = buf[pos:pos + 16]
             if marker != sync:
                 if len(marker) < 16 and sync.startswith(marker):
@@ -510,6 +515,25 @@ class AlertDecoder:
             n_blocks += 1
         if n_blocks == 0:
             raise AlertError(Reason.TRUNCATED_CONTAINER, "container holds no data block")
+
+    @staticmethod
+    def _read_block_native(buf: bytes, start: int, end: int, count: int,
+                           codec: _Codec) -> list[Alert | AlertError] | None:
+        """The records of an uncompressed block ``buf[start:end]`` by the native reader.
+
+        None when any record is malformed or the records do not fill the block exactly:
+        :meth:`_read_block` then reads it and reports the problem.
+        """
+        dicts = codec.program.read_block(buf, start, end, count)
+        if dicts is None:
+            return None
+        records: list[Alert | AlertError] = []
+        for record in dicts:
+            try:
+                records.append(_to_alert(record))
+            except AlertError as err:
+                records.append(err)  # record-level problem, e.g. a missing cutout
+        return records
 
     def _read_block(self, block: bytes, count: int, codec: _Codec,
                     index: int) -> list[Alert | AlertError]:

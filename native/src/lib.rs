@@ -282,6 +282,23 @@ impl Program {
         }
         read(py, &self.root, &mut c, 0).ok().map(|value| (value, c.pos))
     }
+
+    /// Read the `count` records of an uncompressed container block, `buf[start..end]`, in
+    /// place: the list of dicts, or None unless every record reads and they fill the block
+    /// exactly (the Python path then reads the block and names the problem).
+    fn read_block<'py>(&self, py: Python<'py>, buf: &[u8], start: usize, end: usize,
+                       count: usize) -> Option<Vec<Py<PyAny>>> {
+        let block = buf.get(..end)?;
+        if start > end || count > end - start + 1 {
+            return None;
+        }
+        let mut c = Cursor { buf: block, pos: start };
+        let mut records = Vec::with_capacity(count);
+        for _ in 0..count {
+            records.push(read(py, &self.root, &mut c, 0).ok()?);
+        }
+        (c.pos == end).then_some(records)
+    }
 }
 
 // ------------------------------------------------------------------------------ stamps

@@ -41,6 +41,7 @@ from tests.test_fuzz import (  # noqa: F401  (real_sources, real_regions: fixtur
 from worker import native
 from worker.alerts import Alert, AlertDecoder
 from worker.errors import AlertError
+from worker.features import FEATURE_NAMES, metadata_features
 from worker.packets import SYNTHETIC_SCHEMA, build_record, default_candidate, encode_container
 from worker.stamps import (
     _HEADER_CACHE,
@@ -358,3 +359,50 @@ def test_encode_container_round_trip_uses_the_native_reader() -> None:
     record = build_record("ZTF26aaaaaab", 5, default_candidate(5, 2460001.5), stamps)
     python, compiled = both_paths(encode_container([record] * 3))
     assert compiled == python and len(python) == 6
+
+
+# --------------------------------------------------------------------------- features
+
+def features_both(candidate: dict[str, Any]) -> tuple[bytes, bytes]:
+    out = []
+    for flag in (False, True):
+        with native_enabled(flag):
+            features = metadata_features(candidate)
+            assert features.dtype == np.float32 and features.shape == (len(FEATURE_NAMES),)
+            out.append(features.tobytes())
+    return out[0], out[1]
+
+
+@pytest.mark.shared_data
+def test_real_candidates_give_identical_features(alert_files: list[Path]) -> None:
+    decoder = AlertDecoder()
+    n = 0
+    for path in alert_files:
+        for item in decoder.iter_records(path.read_bytes()):
+            if isinstance(item, Alert):
+                python, compiled = features_both(item.candidate)
+                assert compiled == python, path.name
+                n += 1
+    assert n > 0
+
+
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([-999, -999.0, 3.5e38, -3.4028234663852886e38, 0.0, -0.0, 1e-310]),
+    st.text(max_size=3), st.lists(st.integers(), max_size=2))
+_ISDIFFPOS = st.one_of(
+    _VALUES, st.sampled_from(["t", "f", "1", "0", "TRUE", " false\n", "\x1ct\x1f", "\u2003t",
+                              "\u0130", "T\u00a0", "tt", ""]),
+    st.text(alphabet=" \t\x1ctfTFrue01\u00a0\u2028", max_size=6))
+
+
+@settings(deadline=None, max_examples=400)
+@given(values=st.fixed_dictionaries({}, optional={name: _VALUES for name in FEATURE_NAMES}),
+       ra=st.one_of(st.floats(-720, 720), _VALUES), dec=st.one_of(st.floats(-90, 90), _VALUES),
+       isdiffpos=_ISDIFFPOS)
+def test_generated_candidates_give_identical_features(values: dict[str, Any], ra: Any, dec: Any,
+                                                       isdiffpos: Any) -> None:
+    candidate = {**values, "ra": ra, "dec": dec, "isdiffpos": isdiffpos}
+    python, compiled = features_both(candidate)
+    assert compiled == python

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from worker import native
+
 FEATURE_NAMES: tuple[str, ...] = (
     "sgscore1", "distpsnr1", "sgscore2", "distpsnr2", "sgscore3", "distpsnr3",
     "isdiffpos", "fwhm", "magpsf", "sigmapsf", "ra", "dec", "diffmaglim", "rb",
@@ -50,6 +52,10 @@ EQUATORIAL_TO_ECLIPTIC = np.array([
 
 _ROWS = {id(m): tuple(tuple(float(v) for v in row) for row in m)
          for m in (EQUATORIAL_TO_GALACTIC, EQUATORIAL_TO_ECLIPTIC)}
+
+
+_ROWS_ECLIPTIC = _ROWS[id(EQUATORIAL_TO_ECLIPTIC)]
+_ROWS_GALACTIC = _ROWS[id(EQUATORIAL_TO_GALACTIC)]
 
 
 def _rotate(ra: float, dec: float, matrix: np.ndarray) -> tuple[float, float]:
@@ -119,6 +125,12 @@ def metadata_features(candidate: Mapping[str, Any]) -> np.ndarray:
         float32, shape (len(FEATURE_NAMES),); NaN marks a missing value.  Angles [deg],
         magnitudes [mag], distances [arcsec] (PS1) or [pixels] (``distnr``).
     """
+    if native.ENABLED:
+        # The compiled twin (same libm calls and float arithmetic): None when unsure.
+        raw = native.metadata_features(candidate, FEATURE_NAMES, _ROWS_ECLIPTIC, _ROWS_GALACTIC,
+                                       _FLOAT32_MAX)
+        if raw is not None:
+            return np.frombuffer(raw, np.float32)
     values = {name: _number(candidate.get(name)) for name in _DIRECT}
     values["isdiffpos"] = encode_isdiffpos(candidate.get("isdiffpos"))
     ra, dec = values["ra"], values["dec"]

@@ -147,3 +147,29 @@ def prepare_cutouts(science: bytes, template: bytes, difference: bytes,
         return None
     return _ext.prepare_cutouts(science, template, difference, headers, max_decompressed,
                                 max_axis, stamp_size, crop)
+
+
+def metadata_features(candidate: Any, names: tuple[str, ...], ecliptic: Any, galactic: Any,
+                      float32_max: float) -> bytearray | None:
+    """The native twin of :func:`worker.features.metadata_features`, or None.
+
+    Parameters
+    ----------
+    candidate : Mapping
+        The alert's candidate fields.
+    names : tuple of str
+        :data:`worker.features.FEATURE_NAMES`.
+    ecliptic, galactic : 3×3 nested tuples of float
+        Rotation matrices from equatorial coordinates.
+    float32_max : float
+        Largest float32 value; larger magnitudes count as missing.
+
+    Returns
+    -------
+    bytearray or None
+        ``len(names)`` native-endian float32 values, or None when the Python code must
+        compute them (e.g. a non-ASCII ``isdiffpos``).
+    """
+    if _ext is None:
+        return None
+    return _ext.metadata_features(candidate, names, ecliptic, galactic, float32_max)

@@ -444,9 +444,118 @@ fn prepare_cutouts<'py>(
     Some(PyByteArray::new(py, &bytes))
 }
 
+// ------------------------------------------------------------------------------ features
+
+/// `worker.features._number`: a candidate value as f64, NaN when missing.  None (bail)
+/// for a type whose conversion is not certain to equal Python's `float()`.
+fn number(value: &Bound<'_, PyAny>, f32_max: f64) -> R<f64> {
+    let v = if value.is_instance_of::<pyo3::types::PyFloat>() || value.is_instance_of::<pyo3::types::PyInt>() {
+        // bool is an int; PyFloat_AsDouble gives float(x) for both (int: correctly rounded).
+        value.extract::<f64>().map_err(|_| Bail)?
+    } else {
+        return Ok(f64::NAN);
+    };
+    if !v.is_finite() || v == -999.0 || v.abs() > f32_max {
+        return Ok(f64::NAN);
+    }
+    Ok(v)
+}
+
+/// `worker.features.encode_isdiffpos`, for ASCII strings (anything else: bail).
+fn isdiffpos(value: &Bound<'_, PyAny>) -> R<f64> {
+    let Ok(text) = value.cast::<PyString>() else {
+        return Ok(f64::NAN);
+    };
+    let text = text.to_str().map_err(|_| Bail)?;
+    if !text.is_ascii() {
+        return Err(Bail); // Unicode whitespace and case rules: left to Python
+    }
+    // str.strip()'s ASCII whitespace includes the separators 0x1c-0x1f.
+    let stripped = text.trim_matches(|c: char| matches!(c, ' ' | '\t'..='\r' | '\x1c'..='\x1f'));
+    Ok(match stripped.to_ascii_lowercase().as_str() {
+        "t" | "1" | "true" => 1.0,
+        "f" | "0" | "false" => 0.0,
+        _ => f64::NAN,
+    })
+}
+
+/// `worker.features._rotate`: (latitude, longitude) [deg]; libm's functions, as CPython's
+/// `math` module calls them, and CPython's radians/degrees/`%` arithmetic.
+fn rotate(ra: f64, dec: f64, m: &[[f64; 3]; 3]) -> (f64, f64) {
+    let (a, d) = (ra * (std::f64::consts::PI / 180.0), dec * (std::f64::consts::PI / 180.0));
+    let (x, y, z) = (d.cos() * a.cos(), d.cos() * a.sin(), d.sin());
+    let u = m[0][0] * x + m[0][1] * y + m[0][2] * z;
+    let v = m[1][0] * x + m[1][1] * y + m[1][2] * z;
+    let w = m[2][0] * x + m[2][1] * y + m[2][2] * z;
+    // Python's max(-1.0, min(1.0, w)) for a finite w
+    let w = if w < 1.0 { w } else { 1.0 };
+    let w = if -1.0 < w { w } else { -1.0 };
+    let lat = w.asin() * (180.0 / std::f64::consts::PI);
+    let lon = v.atan2(u) * (180.0 / std::f64::consts::PI);
+    // Python float %: fmod, then the sign of the divisor.
+    let mut r = lon % 360.0;
+    if r != 0.0 {
+        if r < 0.0 {
+            r += 360.0;
+        }
+    } else {
+        r = 0.0;
+    }
+    (lat, r)
+}
+
+/// The raw metadata feature vector (`worker.features.metadata_features`) as native-endian
+/// float32 bytes, or None when Python must compute it.  `names` is FEATURE_NAMES,
+/// `ecliptic` and `galactic` the rotation matrices, `f32_max` float32's largest value.
+#[pyfunction]
+fn metadata_features<'py>(
+    py: Python<'py>,
+    candidate: &Bound<'py, PyAny>,
+    names: &Bound<'py, PyTuple>,
+    ecliptic: [[f64; 3]; 3],
+    galactic: [[f64; 3]; 3],
+    f32_max: f64,
+) -> Option<Bound<'py, PyByteArray>> {
+    let get = |name: &Bound<'py, PyAny>| -> R<Bound<'py, PyAny>> {
+        match candidate.get_item(name) {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(py) => Ok(py.None().into_bound(py)),
+            Err(_) => Err(Bail),
+        }
+    };
+    let compute = || -> R<Vec<f32>> {
+        let value = |name: &str| -> R<f64> { number(&get(PyString::new(py, name).as_any())?, f32_max) };
+        let (ra, dec) = (value("ra")?, value("dec")?);
+        let (ecl, gal) = if ra.is_finite() && dec.is_finite() {
+            (rotate(ra, dec, &ecliptic), rotate(ra, dec, &galactic))
+        } else {
+            ((f64::NAN, f64::NAN), (f64::NAN, f64::NAN))
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for key in names.iter() {
+            let name = key.cast::<PyString>().map_err(|_| Bail)?.to_str().map_err(|_| Bail)?;
+            let v = match name {
+                "isdiffpos" => isdiffpos(&get(&key)?)?,
+                "ecl_lat" => ecl.0,
+                "ecl_long" => ecl.1,
+                "gal_lat" => gal.0,
+                "gal_long" => gal.1,
+                "non_detections" => value("ncovhist")? - value("ndethist")?,
+                _ => number(&get(&key)?, f32_max)?,
+            };
+            out.push(v as f32);
+        }
+        Ok(out)
+    };
+    let values = compute().ok()?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    Some(PyByteArray::new(py, &bytes))
+}
+
 #[pymodule]
 fn stamp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Program>()?;
     m.add_function(wrap_pyfunction!(prepare_cutouts, m)?)?;
+    m.add_function(wrap_pyfunction!(metadata_features, m)?)?;
     Ok(())
 }

@@ -65,6 +65,15 @@ from worker.stamps import prepare_alert  # noqa: E402
 # isort: on
 
 
+def ref_metadata_features(candidate: dict) -> np.ndarray:
+    """The reference's features: the project's Python code, never its compiled twin."""
+    saved, native.ENABLED = native.ENABLED, False
+    try:
+        return metadata_features(candidate)
+    finally:
+        native.ENABLED = saved
+
+
 def cpu_per_call(func: Callable[[], object], repeat: int) -> float:
     """Median CPU seconds of ``repeat`` calls after one warm-up call."""
     func()
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
               for r in records]
     ref_images = [ref_preprocess(s, r["candidate"].get("xpos"), r["candidate"].get("ypos"))
                   for s, r in zip(stamps, records, strict=True)]
-    ref_features = [metadata_features(r["candidate"]) for r in records]
+    ref_features = [ref_metadata_features(r["candidate"]) for r in records]
     alerts = list(kept_alerts(wl))
     prepared = [prepare_alert(a, CONFIG) for a in alerts]
     images = np.stack([p.image for p in prepared])
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             candidate = r["candidate"]
             ref_preprocess([ref_open_stamp(r[name]["stampData"]) for name in CUTOUT_FIELDS],
                            candidate.get("xpos"), candidate.get("ypos"))
-            metadata_features(candidate)
+            ref_metadata_features(candidate)
 
     def ref_prep() -> None:
         for s, r in zip(stamps, records, strict=True):
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def ref_feat() -> None:
         for r in records:
-            metadata_features(r["candidate"])
+            ref_metadata_features(r["candidate"])
 
     def ref_model() -> None:
         for image, feats in zip(ref_images, ref_features, strict=True):

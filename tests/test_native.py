@@ -51,7 +51,7 @@ from worker.stamps import (
     prepare_alert,
 )
 
-pytestmark = pytest.mark.skipif(
+needs_native = pytest.mark.skipif(
     not native.available(),
     reason="stamp_native is not built (pip install ./native needs cargo): only the "
            "pure-Python decoding path is installed")
@@ -118,6 +118,7 @@ def prepared_both(alert: Alert) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
 # --------------------------------------------------------------------------- real alerts
 
 @pytest.mark.shared_data
+@needs_native
 def test_every_real_alert_decodes_and_prepares_identically(alert_files: list[Path]) -> None:
     python_decoder, native_decoder = AlertDecoder(), AlertDecoder()
     n_alerts = n_native_images = 0
@@ -202,6 +203,7 @@ HOSTILE: dict[str, Callable[[bytes], bytes]] = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 @pytest.mark.parametrize("channel", ["science", "difference"])
+@needs_native
 def test_hostile_stamp_gives_the_same_outcome(name: str, channel: str) -> None:
     alert = one_alert(synthetic(3)[0])
     alert = dataclasses.replace(alert, **{channel: HOSTILE[name](getattr(alert, channel))})
@@ -211,6 +213,7 @@ def test_hostile_stamp_gives_the_same_outcome(name: str, channel: str) -> None:
     assert prepared_both(alert) == (python, python)
 
 
+@needs_native
 def test_the_native_stamp_path_takes_the_plain_case() -> None:
     alert = one_alert(synthetic(4)[0])
     with native_enabled(False):
@@ -220,6 +223,7 @@ def test_the_native_stamp_path_takes_the_plain_case() -> None:
     assert image is not None and image.shape == (21, 21, 3)
 
 
+@needs_native
 def test_an_unseen_fits_header_is_left_to_the_python_path() -> None:
     blob = _stamp(_NOISE, extra_cards={"UNSEEN": f"'{os.getpid()}'"})
     alert = dataclasses.replace(one_alert(synthetic(5)[0]), science=blob)
@@ -230,6 +234,7 @@ def test_an_unseen_fits_header_is_left_to_the_python_path() -> None:
         assert native_image(alert, CONFIG) is not None
 
 
+@needs_native
 def test_stamp_native_env_switch_turns_the_native_path_off() -> None:
     code = "from worker import native; print(native.available(), native.ENABLED)"
     for value, expected in (("0", "True False"), ("1", "True True")):
@@ -295,6 +300,7 @@ def _rich_payload(schema: dict[str, Any], n: int) -> bytes:
     return out.getvalue()
 
 
+@needs_native
 def test_every_avro_type_is_skipped_or_read_like_fastavro() -> None:
     payload = _rich_payload(_rich_schema(), 4)
     python, compiled = both_paths(payload)
@@ -304,6 +310,7 @@ def test_every_avro_type_is_skipped_or_read_like_fastavro() -> None:
     assert all(c.program is not None for c in decoder._cache._data.values())
 
 
+@needs_native
 def test_a_logical_type_in_a_read_field_leaves_the_record_to_fastavro() -> None:
     payload = _rich_payload(_rich_schema(logical_candidate_field=True), 2)
     python, compiled = both_paths(payload)
@@ -313,6 +320,7 @@ def test_a_logical_type_in_a_read_field_leaves_the_record_to_fastavro() -> None:
     assert all(c.program is None for c in decoder._cache._data.values())
 
 
+@needs_native
 def test_malformed_programs_are_refused() -> None:
     ext = native._ext
     for code in ([], [10], [10, 1, 5, 5], [99], [5], [10, 1, 3, 5], [9, 2, 0]):
@@ -324,6 +332,7 @@ def test_malformed_programs_are_refused() -> None:
 
 @settings(FUZZ, max_examples=150)
 @given(seed=st.integers(0, 15), data=st.data())
+@needs_native
 def test_mutated_synthetic_alerts_same_outcome(seed: int, data: st.DataObject) -> None:
     payload, regions = synthetic(seed)
     python, compiled = both_paths(mutate(data, payload, regions))
@@ -332,6 +341,7 @@ def test_mutated_synthetic_alerts_same_outcome(seed: int, data: st.DataObject) -
 
 @settings(FUZZ, max_examples=100)
 @given(data=st.data())
+@needs_native
 def test_mutated_real_alerts_same_outcome(real_sources: dict[str, bytes],  # noqa: F811
                                           real_regions: dict[str, Any],  # noqa: F811
                                           data: st.DataObject) -> None:
@@ -344,6 +354,7 @@ def test_mutated_real_alerts_same_outcome(real_sources: dict[str, bytes],  # noq
 @settings(FUZZ, max_examples=150)
 @given(seed=st.integers(0, 15), channel=st.sampled_from(["science", "template", "difference"]),
        data=st.data())
+@needs_native
 def test_mutated_cutout_bytes_same_outcome(seed: int, channel: str, data: st.DataObject) -> None:
     alert = one_alert(synthetic(seed)[0])
     blob = bytearray(getattr(alert, channel))
@@ -354,6 +365,7 @@ def test_mutated_cutout_bytes_same_outcome(seed: int, channel: str, data: st.Dat
     assert compiled == python
 
 
+@needs_native
 def test_encode_container_round_trip_uses_the_native_reader() -> None:
     stamps = [np.ones((63, 63), np.float32)] * 3
     record = build_record("ZTF26aaaaaab", 5, default_candidate(5, 2460001.5), stamps)
@@ -374,6 +386,7 @@ def features_both(candidate: dict[str, Any]) -> tuple[bytes, bytes]:
 
 
 @pytest.mark.shared_data
+@needs_native
 def test_real_candidates_give_identical_features(alert_files: list[Path]) -> None:
     decoder = AlertDecoder()
     n = 0
@@ -401,8 +414,28 @@ _ISDIFFPOS = st.one_of(
 @given(values=st.fixed_dictionaries({}, optional={name: _VALUES for name in FEATURE_NAMES}),
        ra=st.one_of(st.floats(-720, 720), _VALUES), dec=st.one_of(st.floats(-90, 90), _VALUES),
        isdiffpos=_ISDIFFPOS)
+@needs_native
 def test_generated_candidates_give_identical_features(values: dict[str, Any], ra: Any, dec: Any,
                                                        isdiffpos: Any) -> None:
     candidate = {**values, "ra": ra, "dec": dec, "isdiffpos": isdiffpos}
     python, compiled = features_both(candidate)
     assert compiled == python
+
+
+def test_without_the_extension_the_python_path_runs_alone() -> None:
+    # A fresh interpreter where importing stamp_native fails, as on a machine without cargo.
+    code = """
+import sys
+sys.modules["stamp_native"] = None
+from worker import native
+from worker.alerts import AlertDecoder
+from worker.packets import synthetic_alert
+from worker.stamps import prepare_alert
+assert not native.available() and not native.ENABLED
+(alert,) = AlertDecoder().decode(synthetic_alert(1))
+assert all(c.program is None for c in AlertDecoder()._cache._data.values())
+print(prepare_alert(alert).image.shape)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "STAMP_NATIVE": "1"})
+    assert out.stdout.split() == ["(21,", "21,", "3)"]

@@ -172,3 +172,13 @@ def test_fast_reader_union_with_null() -> None:
     nested = {"type": "record", "name": "r", "fields": [
         {"name": "a", "type": {"type": "array", "items": "long"}}]}
     assert compile_record_reader(nested, frozenset({"a"})) is None
+
+
+def test_fast_reader_union_that_defers_leaves_the_position_at_the_union() -> None:
+    # A record of the union too long for the regex (a 200-byte string): the caller must
+    # decode the whole union with fastavro, from its index byte.
+    rec = {"jd": 1.0, "fid": 1, "pid": 2, "flag": True, "name": "x" * 200, "mag": None,
+           "skipme": None, "note": None, "ra": None, "n": None, "x": 0.5}
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(["null", FLAT]), rec)
+    assert FAST_OPTIONAL(out.getvalue(), 0, len(out.getvalue())) == (False, None, 0)

@@ -274,7 +274,9 @@ def compile_record_reader(schema: Any, wanted: frozenset[str]) -> Reader | None:
                 return False, None, pos
             if buf[pos] >> 1 == null_index:
                 return True, None, pos + 1
-            return inner(buf, pos + 1, end)
+            found, value, after = inner(buf, pos + 1, end)
+            # Not found: the caller decodes from the union's index byte, not past it.
+            return (True, value, after) if found else (False, None, pos)
 
         return read_union
     if not isinstance(schema, dict) or schema.get("type") != "record":

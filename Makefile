@@ -34,7 +34,7 @@ bench: venv
 	$(BIN)/python bench/bench_decode.py --data "$(DATA)"
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache .hypothesis native/target
 
 # Single-node Kafka 4 broker (KRaft) for development: `make kafka-start` prints
 # KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT (folder .cache/kafka/run); needs java and, the

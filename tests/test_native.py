@@ -167,6 +167,10 @@ def _stamp(image: np.ndarray, **kwargs: Any) -> bytes:
 
 _RNG = np.random.default_rng(7)
 _NOISE = _RNG.normal(100, 5, (63, 63))
+# Non-negative pixels whose minimum is zero with both signs (found by fuzzing: numpy's
+# min picks either, and the sign shows in the normalized image).
+_SIGNED_ZEROS = np.where(_RNG.random((63, 63)) < 0.2, -0.0,
+                         np.where(_RNG.random((63, 63)) < 0.2, 0.0, _NOISE))
 
 # name → edit of the science cutout's stampData
 HOSTILE: dict[str, Callable[[bytes], bytes]] = {
@@ -198,6 +202,7 @@ HOSTILE: dict[str, Callable[[bytes], bytes]] = {
     "bitpix_minus32_scaled": lambda blob: _stamp(_NOISE, bitpix=-32, bscale=2.0, bzero=1.0),
     "extra_header_cards": lambda blob: _stamp(_NOISE, extra_cards={"OBJECT": "'x'"}),
     "negative_zero": lambda blob: _stamp(np.where(_NOISE > 100, -0.0, _NOISE)),
+    "both_zeros_as_minimum": lambda blob: _stamp(_SIGNED_ZEROS),
 }
 
 
@@ -221,6 +226,18 @@ def test_the_native_stamp_path_takes_the_plain_case() -> None:
     with native_enabled(True):
         image = native_image(alert, CONFIG)
     assert image is not None and image.shape == (21, 21, 3)
+
+
+@needs_native
+def test_a_negative_zero_pixel_is_left_to_the_python_path() -> None:
+    alert = one_alert(synthetic(6)[0])
+    alert = dataclasses.replace(alert, template=_stamp(_SIGNED_ZEROS))
+    with native_enabled(False):
+        prepare_alert(alert, CONFIG)  # caches the headers
+    with native_enabled(True):
+        assert native_image(alert, CONFIG) is None
+        assert native_image(dataclasses.replace(alert, template=_stamp(np.abs(_SIGNED_ZEROS))),
+                            CONFIG) is not None
 
 
 @needs_native

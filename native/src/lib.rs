@@ -359,7 +359,9 @@ fn header(py: Python<'_>, raw: &[u8], cache: &Bound<'_, PyDict>, max_axis: i64) 
 }
 
 /// Centre crop of one full-size stamp into channel `channel` of `image`; non-finite → 0.
-/// Returns whether the crop held a finite pixel.
+/// Returns whether the crop held a finite pixel; bails on a −0.0 pixel: numpy's min/max
+/// pick either zero when both signs are present (its SIMD order decides), and the sign of
+/// the minimum shows in the normalized image.
 fn crop_channel(raw: &[u8], h: &Header, size: usize, crop: usize, channel: usize, image: &mut [f32]) -> R<bool> {
     let lo = (size - crop) / 2;
     let data = raw.get(h.end..h.end + h.nx * h.ny * 4).ok_or(Bail)?;
@@ -370,6 +372,9 @@ fn crop_channel(raw: &[u8], h: &Header, size: usize, crop: usize, channel: usize
             let at = (row + lo + x) * 4;
             let px = data.get(at..at + 4).ok_or(Bail)?;
             let v = f32::from_be_bytes([px[0], px[1], px[2], px[3]]);
+            if v == 0.0 && v.is_sign_negative() {
+                return Err(Bail);
+            }
             let v = if v.is_finite() {
                 any_finite = true;
                 v

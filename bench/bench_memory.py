@@ -65,7 +65,8 @@ def fill(bootstrap: str, topic: str, alerts: list[bytes], n: int) -> None:
 
 
 def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: int,
-          model: str | None, backend: str = "auto") -> dict[str, float]:
+          model: str | None, backend: str = "auto",
+          consumer: dict[str, str] | None = None) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:8]
     topics = {"input": f"mem-alerts-{suffix}", "output": f"mem-labels-{suffix}",
               "dead": f"mem-dead-{suffix}"}
@@ -77,8 +78,9 @@ def drain(bootstrap: str, alerts: list[bytes], backlog: int, decode_processes: i
     fill(bootstrap, topics["input"], alerts, backlog)
     group = f"mem-{suffix}"
     config = Path(tempfile.mkdtemp()) / "w.yaml"
+    settings = "".join(f", '{k}': '{v}'" for k, v in (consumer or {}).items())
     config.write_text(
-        f"kafka: {{bootstrap_servers: '{bootstrap}'}}\n"
+        f"kafka: {{bootstrap_servers: '{bootstrap}', consumer: {{{settings[2:]}}}}}\n"
         f"topics: {{input: {topics['input']}, output: {topics['output']}, "
         f"dead_letter: {topics['dead']}}}\ngroup_id: {group}\n"
         f"batch: {{decode_processes: {decode_processes}}}\nmetrics: {{port: 0}}\n"
@@ -152,7 +154,11 @@ def main() -> int:
                         default=["keras", "onnx"],
                         help="model_backend values to measure (default keras onnx)")
     parser.add_argument("--data", type=Path, help="data folder (default ../shared/data)")
+    parser.add_argument("--consumer", action="append", default=[], metavar="PROP=VALUE",
+                        help="a librdkafka consumer property for the worker (repeatable), "
+                             "e.g. queued.max.messages.kbytes=16384")
     args = parser.parse_args()
+    consumer = dict(item.split("=", 1) for item in args.consumer)
     alerts, described = load_alerts(data_dir(args.data))
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; "
           f"input: {described}, cycled to {args.backlog} alerts")
@@ -163,7 +169,8 @@ def main() -> int:
     with broker_for_run("stamp-mem-") as (bootstrap, _, _):
         for backend in args.backend:
             for helpers in args.decode_processes:
-                row = drain(bootstrap, alerts, args.backlog, helpers, args.model, backend)
+                row = drain(bootstrap, alerts, args.backlog, helpers, args.model, backend,
+                            consumer)
                 print(f"\nstamp-worker run, model_backend {backend}, batch.decode_processes "
                       f"{helpers} (ready {row.pop('ready_s'):.1f} s after start, "
                       f"{row.pop('drain_s'):.1f} s drain) [MiB, worker + helpers]")

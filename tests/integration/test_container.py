@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from tests.integration.net import free_port, http_get
 from worker.output import decode_labels
 from worker.packets import synthetic_alert
 
@@ -131,22 +130,6 @@ def test_classify_in_the_container_labels_the_real_alerts_as_on_the_host(
     assert inside.stderr.split(" in ")[0] == host.stderr.split(" in ")[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
-
-
 def _podman(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -171,7 +154,7 @@ def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
     topics = {"input": f"ctr-alerts-{suffix}", "output": f"ctr-labels-{suffix}",
               "dlq": f"ctr-dead-{suffix}"}
     group = f"ctr-worker-{suffix}"
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "worker.yaml"
     config.write_text("\n".join([
         "kafka:", "  bootstrap_servers: 'set-by-the-environment:9092'",
@@ -209,7 +192,7 @@ def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
         assert started.returncode == 0, started.stderr
         status, body = 0, ""
         while time.monotonic() - start < READY_TIMEOUT_S:
-            status, body = _get(f"http://127.0.0.1:{port}/readyz")
+            status, body = http_get(f"http://127.0.0.1:{port}/readyz")
             if status == 200:
                 break
             time.sleep(0.1)
@@ -222,7 +205,7 @@ def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
 
         health = _podman("healthcheck", "run", container_name)
         assert health.returncode == 0, health.stdout + health.stderr
-        assert _get(f"http://127.0.0.1:{port}/metrics")[1].count(
+        assert http_get(f"http://127.0.0.1:{port}/metrics")[1].count(
             "stamp_worker_alerts_consumed_total") > 0
         memory = _podman("exec", container_name, "sh", "-c",
                          "grep -E 'VmRSS|VmHWM' /proc/1/status").stdout.split()

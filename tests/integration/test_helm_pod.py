@@ -19,12 +19,9 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +31,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from tests.conftest import REPO
+from tests.integration.net import free_port, http_get
 from tests.test_deploy_helm import CHART, _find_helm, by_kind, container, render, workload
 from worker import devbroker
 from worker.packets import synthetic_alert
@@ -110,22 +108,6 @@ def container_name() -> Iterator[str]:
     _podman("rm", "--force", "--time", "0", name)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
-
-
 def _mebibytes(quantity: str) -> float:
     """A Kubernetes memory quantity (``512Mi``, ``1Gi``, ``500M``) in MiB."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|K|M|G)?", quantity)
@@ -195,7 +177,7 @@ def test_the_rendered_pod_runs_labels_and_drains_within_its_grace_period(
     topics = {"input": f"helm-alerts-{suffix}", "output": f"helm-labels-{suffix}",
               "dead_letter": f"helm-dead-{suffix}"}
     group = f"helm-worker-{suffix}"
-    port = _free_port()
+    port = free_port()
     helm = _find_helm()
     assert helm is not None
     objects = render(
@@ -243,13 +225,13 @@ def test_the_rendered_pod_runs_labels_and_drains_within_its_grace_period(
     deadline = time.monotonic() + READY_TIMEOUT_S
     status, body = 0, ""
     while time.monotonic() < deadline:
-        status, body = _get(f"http://127.0.0.1:{port}{ready_path}")
+        status, body = http_get(f"http://127.0.0.1:{port}{ready_path}")
         if status == 200:
             break
         time.sleep(0.2)
     logs = _podman("logs", container_name)
     assert status == 200, f"{ready_path}: {status} {body}\n{logs.stdout}{logs.stderr}"
-    assert _get(f"http://127.0.0.1:{port}{live_path}")[0] == 200
+    assert http_get(f"http://127.0.0.1:{port}{live_path}")[0] == 200
 
     labels = _count_labels(kafka.bootstrap_servers, topics["output"], ALERTS)
     assert labels == ALERTS

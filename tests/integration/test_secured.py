@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.integration.net import free_port
 from worker import devbroker
 from worker.packets import synthetic_alert
 
@@ -103,12 +103,6 @@ def _topic_env(names: dict[str, str]) -> dict[str, str]:
     return {f"STAMP_WORKER__TOPICS__{key}": value for key, value in names.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _scrape_while_running(process: subprocess.Popen[str], port: int) -> str:
     """The last ``/metrics`` page the running worker served (bounded by its run)."""
     page = ""
@@ -142,7 +136,7 @@ def test_topics_replay_worker_and_labels_through_sasl_ssl(secured: Secured,
     assert done.returncode == 0, done.stderr
     assert f"sent {ALERTS}, failed 0" in done.stderr
 
-    port = _free_port()
+    port = free_port()
     run_env = {**env, "STAMP_WORKER__METRICS__PORT": str(port),
                "STAMP_WORKER__GROUP_ID": f"sec-group-{uuid.uuid4().hex[:8]}"}
     started = time.monotonic()

@@ -2,17 +2,19 @@
 
 Both paths run in this one process, on the same real alerts (every decodable alert of
 ``../shared/data``, ``$STAMP_DATA_DIR`` or ``--data``, as in ``bench_decode.py``), the
-same bundled model (Keras on TensorFlow, or ``--model``) and one CPU core:
+same bundled model (or ``--model``) and one CPU core:
 
 (a) *reference*, the way an ALeRCE-style stamp step works: :func:`fastavro.reader` over
     the whole record, ``gzip`` + ``astropy.io.fits`` for each cutout, numpy crop and
     normalization, the metadata features from the full candidate, and one model call per
-    alert;
+    alert on Keras with TensorFlow, as ALeRCE's steps serve their models;
 (b) *the worker*: the projected Avro decode (:class:`worker.alerts.AlertDecoder`, one
     decoder for every pass as in the worker, so parsed writer schemas stay cached),
     :func:`worker.stamps.prepare_alert` (gunzip, FITS cards, preprocessing, features;
     compiled in ``native/`` when built, ``STAMP_NATIVE=0`` for the pure-Python path),
-    one model call per batch of ``--batch`` alerts, and the label record
+    one model call per batch of ``--batch`` alerts on the worker's model backend
+    (``--backend``, by default what the worker chooses: ONNX Runtime for the bundled
+    model), and the label record
     (:func:`worker.output.label_record` + :func:`worker.output.encode_label`).
 
 Each stage is timed with :func:`time.process_time` (CPU time of every thread of the
@@ -24,6 +26,7 @@ broker's CPU per alert through a real broker.
 Run from the repository root::
 
     .venv/bin/python bench/bench_cost.py [--repeat 3] [--batch 256] [--model DIR]
+        [--backend auto|onnx|keras|jax]
 """
 
 from __future__ import annotations
@@ -91,14 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per stage")
     parser.add_argument("--batch", type=int, default=256, help="the worker's batch size")
     parser.add_argument("--model", help="model artifact (default: the bundled model)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "onnx", "keras", "jax"),
+                        help="the worker's model backend (default auto, as the worker); "
+                        "the reference always runs Keras on TensorFlow")
     args = parser.parse_args(argv)
     data = args.data or default_data_dir()
     if not data.is_dir():
         raise SystemExit(f"bench_cost: no data folder at {data}: give --data")
     wl = load_workload(data)
     n = wl.n_alerts
-    model = StampModel.load(args.model)
+    model = StampModel.load(args.model, backend=args.backend)
     model.warm_up(args.batch)
+    reference_model = StampModel.load(args.model, backend="keras")
+    reference_model.warm_up(1)
 
     # Inputs of each stage, made once so that each stage is timed on its own.
     records = list(kept_records(wl))
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def ref_model() -> None:
         for image, feats in zip(ref_images, ref_features, strict=True):
-            model.predict(image[None], feats[None])
+            reference_model.predict(image[None], feats[None])
 
     def our_avro() -> None:
         decoder = DECODER
@@ -175,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         ("label record", None, our_record, True),
     ]
     print(f"CPU: {cpu_model()}, one core; {n} real alerts of {data}; model {model.name} "
-          f"v{model.version}; reference: one model call per alert; worker: batches of "
-          f"{args.batch}; median of {args.repeat} passes; native path "
-          f"{'on' if native.ENABLED else 'off (pure Python)'}\n")
+          f"v{model.version}; reference: one model call per alert, keras backend; worker: "
+          f"batches of {args.batch}, {model.backend} backend; median of {args.repeat} "
+          f"passes; native path {'on' if native.ENABLED else 'off (pure Python)'}\n")
     print("| stage | reference µs/alert | worker µs/alert | ratio |")
     print("|---|---:|---:|---:|")
     totals = [0.0, 0.0]

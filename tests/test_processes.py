@@ -143,38 +143,3 @@ def test_the_signal_handlers_are_given_back(tmp_path: Path,
     run_supervised(tmp_path, monkeypatch, "exit0")
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
-
-_ARENAS_SCRIPT = """
-import ctypes, sys, threading
-from worker.processes import limit_malloc_arenas
-if sys.argv[1] == "cap":
-    assert limit_malloc_arenas(2)
-barrier = threading.Barrier(8)
-def work():
-    barrier.wait()  # all eight allocate at once, so each wants an arena of its own
-    blocks = [bytearray(512) for _ in range(20000)]
-    barrier.wait()
-threads = [threading.Thread(target=work) for _ in range(8)]
-for t in threads: t.start()
-for t in threads: t.join()
-ctypes.CDLL(None).malloc_stats()  # one "Arena N:" block per arena, on stderr
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
-def test_limit_malloc_arenas_caps_the_arenas_threads_get(tmp_path: Path) -> None:
-    import subprocess
-
-    def arenas(mode: str) -> int:
-        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-        done = subprocess.run([sys.executable, "-c", _ARENAS_SCRIPT, mode], env=env,
-                              capture_output=True, text=True, timeout=60, check=True)
-        return done.stderr.count("Arena ")
-
-    assert arenas("cap") <= 2 < arenas("default")
-
-
-def test_limit_malloc_arenas_leaves_the_operators_setting(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert processes.limit_malloc_arenas() is False

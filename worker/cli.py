@@ -168,11 +168,6 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
             command += ["--until-idle", str(until_idle_s)]
         return supervise(config, command)
     log.info("configuration: %s", to_dict(config))
-    # Before any thread starts (metrics server, librdkafka, ONNX Runtime).
-    from worker.processes import limit_malloc_arenas
-
-    limit_malloc_arenas()
-
     from prometheus_client import CollectorRegistry
 
     from worker.identity import IdentityError

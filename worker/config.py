@@ -969,7 +969,7 @@ class WorkerConfig:
         relative path is relative to the file's folder.
     model_backend : str
         What runs the model: ``onnx`` (ONNX Runtime on the artifact's ``model.onnx``;
-        TensorFlow is never imported: a peak of about 0.3 GB resident per process
+        TensorFlow is never imported: a peak of about 0.4 GB resident per process
         instead of 1.2 GB, ready in about a second), ``keras`` (Keras on TensorFlow),
         ``jax`` (Keras on JAX, on the CPU or a GPU: the worker sets ``KERAS_BACKEND=jax``
         before Keras is imported), or ``auto`` (default: ``onnx`` when the artifact

@@ -178,10 +178,9 @@ class Worker:
             "statistics.interval.ms": 5000,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            # librdkafka's pre-fetch queue (64 MiB by default, ~900 alerts) is most of a
-            # worker's peak memory; 16 MiB, about 230 alerts of 70 kB, still keeps a
-            # batch ahead (peak 377 → 322 MiB draining a backlog; README, Performance).
-            "queued.max.messages.kbytes": 16 * 1024,
+            # librdkafka's pre-fetch queue stays at its default, 64 MiB (~900 alerts): at
+            # 16 or 32 MiB the fetcher waited (fetch.queue.backoff.ms) and one process
+            # drained 742-799 alerts/s instead of 1,152 (bench_e2e.py; README, Performance).
             **kafka.client_settings("consumer"),
             "group.id": config.group_id,
             "enable.auto.commit": False,

@@ -41,41 +41,6 @@ STOP_GRACE_S = 30.0
 POLL_S = 0.2
 
 
-# glibc's M_ARENA_MAX parameter of mallopt (malloc.h).
-_M_ARENA_MAX = -8
-#: Malloc arenas a worker process keeps (:func:`limit_malloc_arenas`).
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap the C library's malloc arenas of this process, as ``MALLOC_ARENA_MAX`` does.
-
-    glibc gives each thread that allocates (librdkafka's, ONNX Runtime's, the metrics
-    server's) an arena of its own, up to eight per core, and each keeps the memory of
-    the alert buffers freed in it: a worker draining a backlog peaked at 377 MiB
-    resident with the default and 326 MiB with two arenas (``bench/bench_memory.py``,
-    README), at no measured cost in speed.  Call it before those threads start.
-
-    Parameters
-    ----------
-    arenas : int
-        Most arenas, ≥ 1.
-
-    Returns
-    -------
-    bool
-        True when the cap was set; False where the C library is not glibc, or where
-        ``MALLOC_ARENA_MAX`` is set in the environment (the operator's value stands).
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, arenas))
-
-
 def die_with_parent(parent: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` that has Linux SIGTERM the child when ``parent`` dies.
 

@@ -497,6 +497,12 @@ class StampModel:
         # One model call at a time per process: no parallelism between graph nodes.
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: no notices on the worker's stderr
+        # ONNX Runtime's pool threads spin between calls by default, burning a core the
+        # worker's decoding, librdkafka and the broker want: two worker processes on two
+        # cores drained 958 alerts/s spinning, against 1,629 with one thread per process
+        # (bench_e2e.py --processes 2; README, End-to-end performance).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = onnxruntime.InferenceSession(blob, sess_options=options,
                                                    providers=onnx_providers(device))

@@ -43,7 +43,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -1195,6 +1195,21 @@ def _env_key_path(var: str) -> tuple[str, ...]:
     return (top, key)
 
 
+def _env_paths(env: Mapping[str, str], prefix: str, problems: list[tuple[str, str]]
+               ) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """The variables of ``env`` named ``prefix...`` (any case), sorted, with key paths.
+
+    A name that is no key path is added to ``problems`` and skipped.
+    """
+    for var in sorted(env):
+        if not var.upper().startswith(prefix):
+            continue
+        try:
+            yield var, _env_key_path(var)
+        except _Bad as exc:
+            problems.append((var, str(exc)))
+
+
 def _apply_env(tree: dict[Any, Any], env: Mapping[str, str],
                origins: dict[str, str]) -> list[tuple[str, str]]:
     """Write the environment's overrides into ``tree``; return the problems of names."""
@@ -1206,14 +1221,7 @@ def _apply_env(tree: dict[Any, Any], env: Mapping[str, str],
     # Sorted so that the outcome does not depend on the environment's order; the
     # specific STAMP_WORKER__KAFKA__BOOTSTRAP_SERVERS comes after, so it wins.
     claimed: dict[tuple[str, ...], str] = {}
-    for var in sorted(env):
-        if not var.upper().startswith(ENV_PREFIX):
-            continue
-        try:
-            path = _env_key_path(var)
-        except _Bad as exc:
-            problems.append((var, str(exc)))
-            continue
+    for var, path in _env_paths(env, ENV_PREFIX, problems):
         if path in claimed:
             problems.append((var, f"sets {_key_path(*path)}, as {claimed[path]} does; "
                                   f"keep one of them"))
@@ -1393,14 +1401,7 @@ def kafka_common_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any
     prefix = f"{ENV_PREFIX}KAFKA__COMMON"
     out: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
-    for var in sorted(env):
-        if not var.upper().startswith(prefix):
-            continue
-        try:
-            path = _env_key_path(var)
-        except _Bad as exc:
-            problems.append((var, str(exc)))
-            continue
+    for var, path in _env_paths(env, prefix, problems):
         if path[:2] == ("kafka", "common"):
             out[path[2]] = env[var] if _is_secret(path[2]) else _scalar(env[var])
     if problems:

@@ -14,8 +14,6 @@ Podman runs as root with runc (``--network host``: the test broker listens on
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,40 +26,15 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from tests.integration.net import free_port, http_get
+from tests.integration.podman import build_image, missing, podman, run_options
 from worker.output import decode_labels
 from worker.packets import synthetic_alert
 
-REPO = Path(__file__).resolve().parents[2]
-# Generous bounds for a loaded 2-core machine; the measured times are far below them.
-BUILD_TIMEOUT_S = 1500.0
 READY_TIMEOUT_S = 120.0
 LABELS_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60
 
-
-def _runtime() -> str | None:
-    """The OCI runtime for podman: runc (crun fails on some kernels' cgroups)."""
-    return (os.environ.get("STAMP_OCI_RUNTIME") or shutil.which("runc")
-            or shutil.which("runc", path="/usr/sbin:/sbin"))
-
-
-def _why_not() -> str | None:
-    """Why the container tests cannot run here, or None."""
-    if shutil.which("podman") is None:
-        return ("podman is not installed (apt-get install podman runc debootstrap; .ci/run "
-                "installs them)")
-    if _runtime() is None:
-        return "runc is not installed (apt-get install runc)"
-    if os.geteuid() != 0:
-        return "the container tests run podman as root (rootless podman is not set up here)"
-    if (not os.environ.get("STAMP_IMAGE_BASE") and shutil.which("debootstrap") is None
-            and shutil.which("debootstrap", path="/usr/sbin:/sbin") is None):
-        return ("debootstrap is not installed, to make the base image (or set "
-                "$STAMP_IMAGE_BASE to a Python base image on this machine)")
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=f"container tests: {_why_not()}")
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"container tests: {missing()}")
 
 
 def podman_run(image: str, *args: str, options: tuple[str, ...] = (),
@@ -72,23 +45,10 @@ def podman_run(image: str, *args: str, options: tuple[str, ...] = (),
         capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def run_options() -> list[str]:
-    return ["--runtime", str(_runtime()), "--network", "host",
-            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
-
-
 @pytest.fixture(scope="module")
 def image() -> str:
     """The image's name, built by deploy/docker/build.sh (or kept from an earlier run)."""
-    start = time.monotonic()
-    result = subprocess.run([str(REPO / "deploy/docker/build.sh")], capture_output=True,
-                            text=True, timeout=BUILD_TIMEOUT_S, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"deploy/docker/build.sh failed (status {result.returncode}):\n"
-                    f"{result.stderr[-4000:]}", pytrace=False)
-    name = result.stdout.strip().splitlines()[-1]
-    print(f"\n{result.stderr.strip()}\nimage {name} ready in {time.monotonic() - start:.1f} s")
-    return name
+    return build_image()
 
 
 def test_the_image_has_no_tensorflow_and_runs_as_a_user(image: str) -> None:
@@ -130,17 +90,12 @@ def test_classify_in_the_container_labels_the_real_alerts_as_on_the_host(
     assert inside.stderr.split(" in ")[0] == host.stderr.split(" in ")[0]
 
 
-def _podman(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
 @pytest.fixture
 def container_name() -> Iterator[str]:
     """A container name, the container removed after the test whatever happened."""
     name = f"stamp-worker-test-{uuid.uuid4().hex[:10]}"
     yield name
-    _podman("rm", "--force", "--time", "0", name)
+    podman("rm", "--force", "--time", "0", name)
 
 
 def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
@@ -187,7 +142,7 @@ def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
         assert f"sent {count}, failed 0" in sent.stdout + sent.stderr
 
         start = time.monotonic()
-        started = _podman("run", "--detach", "--name", container_name, *run_options(),
+        started = podman("run", "--detach", "--name", container_name, *run_options(),
                           "--read-only", *env, image)
         assert started.returncode == 0, started.stderr
         status, body = 0, ""
@@ -203,17 +158,17 @@ def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
         candids = _read_labels(kafka_bootstrap, topics["output"], count)
         assert sorted(candids) == [2_000_000_000_000_000_000 + seed for seed in range(count)]
 
-        health = _podman("healthcheck", "run", container_name)
+        health = podman("healthcheck", "run", container_name)
         assert health.returncode == 0, health.stdout + health.stderr
         assert http_get(f"http://127.0.0.1:{port}/metrics")[1].count(
             "stamp_worker_alerts_consumed_total") > 0
-        memory = _podman("exec", container_name, "sh", "-c",
+        memory = podman("exec", container_name, "sh", "-c",
                          "grep -E 'VmRSS|VmHWM' /proc/1/status").stdout.split()
 
-        stopped = _podman("stop", "--time", str(STOP_TIMEOUT_S), container_name,
+        stopped = podman("stop", "--time", str(STOP_TIMEOUT_S), container_name,
                           timeout=STOP_TIMEOUT_S + 30)
         assert stopped.returncode == 0, stopped.stderr
-        exit_code = _podman("inspect", "--format", "{{.State.ExitCode}}", container_name)
+        exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", container_name)
         logs = _logs(container_name)
         assert exit_code.stdout.strip() == "0", logs
         assert "stopped cleanly" in logs, logs
@@ -238,7 +193,7 @@ def test_the_worker_container_labels_the_stream_and_drains_on_sigterm(
 
 
 def _logs(name: str) -> str:
-    result = _podman("logs", name)
+    result = podman("logs", name)
     return result.stdout + result.stderr
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -32,57 +31,33 @@ from confluent_kafka import Consumer
 
 from tests.conftest import REPO
 from tests.integration.net import free_port, http_get
+from tests.integration.podman import build_image, missing, podman, run_options
 from tests.test_deploy_helm import CHART, _find_helm, by_kind, container, render, workload
 from worker import devbroker
 from worker.packets import synthetic_alert
 
 USER = "stamp-classifier"
 ALERTS = 200
-BUILD_TIMEOUT_S = 1500.0  # a first build of the image on a loaded 2-core machine
 READY_TIMEOUT_S = 120.0
 LABELS_TIMEOUT_S = 120.0
 POD_NAME = "stamp-worker-0"  # what the StatefulSet calls its first pod
 SECRET_NAMES = {"sasl": "kafka-sasl", "ca": "kafka-ca"}
 
 
-def _runtime() -> str | None:
-    return (os.environ.get("STAMP_OCI_RUNTIME") or shutil.which("runc")
-            or shutil.which("runc", path="/usr/sbin:/sbin"))
-
-
 def _why_not() -> str | None:
     """Why the pod cannot be run here, or None."""
     if _find_helm() is None:
         return "helm not found (deploy/helm/install-helm.sh builds it; .ci/run does)"
-    if shutil.which("podman") is None:
-        return "podman is not installed (apt-get install podman runc debootstrap)"
-    if _runtime() is None:
-        return "runc is not installed (apt-get install runc)"
-    if os.geteuid() != 0:
-        return "podman runs as root here (rootless podman is not set up)"
-    if (not os.environ.get("STAMP_IMAGE_BASE") and shutil.which("debootstrap") is None
-            and shutil.which("debootstrap", path="/usr/sbin:/sbin") is None):
-        return "debootstrap is not installed, to make the image's base"
-    return None
+    return missing()
 
 
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=f"Helm pod test: {_why_not()}")
 
 
-def _podman(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
-
-
 @pytest.fixture(scope="module")
 def image() -> str:
     """The worker image, built by deploy/docker/build.sh or kept from an earlier build."""
-    result = subprocess.run([str(REPO / "deploy/docker/build.sh")], capture_output=True,
-                            text=True, timeout=BUILD_TIMEOUT_S, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"deploy/docker/build.sh failed (status {result.returncode}):\n"
-                    f"{result.stderr[-4000:]}", pytrace=False)
-    return result.stdout.strip().splitlines()[-1]
+    return build_image()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +80,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[devbroker
 def container_name() -> Iterator[str]:
     name = f"stamp-worker-helm-{uuid.uuid4().hex[:10]}"
     yield name
-    _podman("rm", "--force", "--time", "0", name)
+    podman("rm", "--force", "--time", "0", name)
 
 
 def _mebibytes(quantity: str) -> float:
@@ -215,10 +190,8 @@ def test_the_rendered_pod_runs_labels_and_drains_within_its_grace_period(
 
     worker = container(objects)
     pod = workload(objects)["spec"]["template"]["spec"]
-    started = _podman("run", "--detach", "--name", container_name, "--runtime", str(_runtime()),
-                      "--network", "host", "--ulimit", "nofile=1024:1024",
-                      "--ulimit", "nproc=4096:4096", "--no-healthcheck", *options, image,
-                      *worker["args"])
+    started = podman("run", "--detach", "--name", container_name, *run_options(),
+                     "--no-healthcheck", *options, image, *worker["args"])
     assert started.returncode == 0, started.stderr
     ready_path = worker["readinessProbe"]["httpGet"]["path"]
     live_path = worker["livenessProbe"]["httpGet"]["path"]
@@ -229,22 +202,22 @@ def test_the_rendered_pod_runs_labels_and_drains_within_its_grace_period(
         if status == 200:
             break
         time.sleep(0.2)
-    logs = _podman("logs", container_name)
+    logs = podman("logs", container_name)
     assert status == 200, f"{ready_path}: {status} {body}\n{logs.stdout}{logs.stderr}"
     assert http_get(f"http://127.0.0.1:{port}{live_path}")[0] == 200
 
     labels = _count_labels(kafka.bootstrap_servers, topics["output"], ALERTS)
     assert labels == ALERTS
-    peak = _podman("exec", container_name, "sh", "-c", "grep VmHWM /proc/1/status").stdout
+    peak = podman("exec", container_name, "sh", "-c", "grep VmHWM /proc/1/status").stdout
     peak_mib = int(peak.split()[1]) / 1024
     limit_mib = _mebibytes(worker["resources"]["limits"]["memory"])
     grace = pod["terminationGracePeriodSeconds"]
     start = time.monotonic()
-    stopped = _podman("stop", "--time", str(grace), container_name, timeout=grace + 60)
+    stopped = podman("stop", "--time", str(grace), container_name, timeout=grace + 60)
     stop_s = time.monotonic() - start
     assert stopped.returncode == 0, stopped.stderr
-    exit_code = _podman("inspect", "--format", "{{.State.ExitCode}}", container_name)
-    logs = _podman("logs", container_name)
+    exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", container_name)
+    logs = podman("logs", container_name)
     text = logs.stdout + logs.stderr
     print(f"\nrendered pod: ready, {labels} labels, peak resident {peak_mib:.0f} MiB "
           f"(limit {limit_mib:.0f} MiB), stopped by SIGTERM in {stop_s:.1f} s "

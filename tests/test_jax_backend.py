@@ -172,7 +172,7 @@ def test_batches_past_the_largest_call_are_cut(monkeypatch: pytest.MonkeyPatch) 
         return original(inputs)
 
     monkeypatch.setattr(runner, "predict_on_batch", counted)
-    monkeypatch.setattr(worker.model, "MAX_MODEL_BATCH", 16)
+    monkeypatch.setattr(model, "max_rows", 16)
     cut = model.predict(images, features)
     assert calls == [16, 16, 8]  # 16 + 16 + 8 rows, the last padded from 8 to 8
     np.testing.assert_allclose(cut, whole, rtol=0, atol=1e-6)

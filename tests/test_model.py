@@ -216,12 +216,12 @@ def test_onnx_backend_matches_keras_on_built_alerts(rotinv_onnx_dir: Path) -> No
 def test_onnx_cpu_batches_are_cut_into_calls_of_a_few_rows(rotinv_onnx_dir: Path) -> None:
     """On the CPU a batch larger than ONNX_CPU_ROWS runs as several session calls (the
     memory arena keeps the largest call's activations) and gives the rows one call would."""
-    from worker.model import ONNX_CPU_ROWS
+    from worker.model import MAX_MODEL_BATCH, ONNX_CPU_ROWS
     from worker.packets import synthetic_alert
 
     model = StampModel.load(rotinv_onnx_dir, backend="onnx")
     runner = model._model
-    assert runner.rows == ONNX_CPU_ROWS
+    assert model.max_rows == ONNX_CPU_ROWS
     images, features = _prepared([synthetic_alert(i) for i in range(10)], model)
     n = 2 * ONNX_CPU_ROWS + 7
     images, features = np.resize(images, (n, *images.shape[1:])), np.resize(
@@ -232,7 +232,7 @@ def test_onnx_cpu_batches_are_cut_into_calls_of_a_few_rows(rotinv_onnx_dir: Path
                                            session_run(*a)})()
     cut = model.predict(images, features)
     assert len(calls) == 3 and cut.shape == (n, 5)
-    runner.rows = None
+    model.max_rows = MAX_MODEL_BATCH
     np.testing.assert_allclose(cut, model.predict(images, features), rtol=0, atol=1e-6)
     assert len(calls) == 4
 

@@ -325,32 +325,16 @@ ONNX_CPU_ROWS = 64
 
 
 class _OnnxRunner:
-    """An ONNX Runtime session behind the ``predict_on_batch`` call Keras models have.
+    """An ONNX Runtime session behind the ``predict_on_batch`` call Keras models have."""
 
-    Parameters
-    ----------
-    session : onnxruntime.InferenceSession
-        The loaded model.
-    rows : int or None
-        Most rows per session call (larger batches are cut and the results joined);
-        None: the whole batch in one call (a GPU wants large calls).
-    """
-
-    def __init__(self, session: Any, rows: int | None = None) -> None:
+    def __init__(self, session: Any) -> None:
         self.session = session
-        self.rows = rows
         self._inputs = tuple(i.name for i in session.get_inputs())
         self._output = session.get_outputs()[0].name
 
     def predict_on_batch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities for a dict of model inputs."""
-        feed = {n: inputs[n] for n in self._inputs}
-        n = len(next(iter(feed.values())))
-        if self.rows is None or n <= self.rows:
-            return self.session.run([self._output], feed)[0]
-        return np.concatenate([
-            self.session.run([self._output], {k: v[i:i + self.rows] for k, v in feed.items()})[0]
-            for i in range(0, n, self.rows)])
+        return self.session.run([self._output], {n: inputs[n] for n in self._inputs})[0]
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -384,8 +368,11 @@ class StampModel:
     """
 
     def __init__(self, runner: Any, manifest: Manifest, path: Path,
-                 backend: str = "keras", device: str = "cpu") -> None:
+                 backend: str = "keras", device: str = "cpu",
+                 max_rows: int = MAX_MODEL_BATCH) -> None:
         self._model = runner
+        #: Most rows per call of the runner: :meth:`predict` cuts larger batches.
+        self.max_rows = max_rows
         self.manifest = manifest
         self.path = path
         self.backend = backend
@@ -517,9 +504,9 @@ class StampModel:
                              f"features, the manifest's encoding gives "
                              f"{manifest.features.width}")
         cuda = session.get_providers()[0] == "CUDAExecutionProvider"
-        return cls(_OnnxRunner(session, rows=None if cuda else ONNX_CPU_ROWS), manifest, path,
-                   backend="onnx",
-                   device="cuda" if cuda else "cpu")
+        return cls(_OnnxRunner(session), manifest, path, backend="onnx",
+                   device="cuda" if cuda else "cpu",
+                   max_rows=MAX_MODEL_BATCH if cuda else ONNX_CPU_ROWS)
 
     @classmethod
     def _load_jax(cls, path: Path, manifest: Manifest, device: str,
@@ -628,15 +615,15 @@ class StampModel:
         if n == 0:
             return np.zeros((0, len(CLASS_NAMES)), np.float32)
         inputs = self.model_inputs(images, features)
-        if n > MAX_MODEL_BATCH:  # bounded shapes, and bounded memory for activations
+        if n > self.max_rows:  # bounded shapes, and bounded memory for activations
             return np.concatenate([
-                self._predict_inputs({k: v[start:start + MAX_MODEL_BATCH]
+                self._predict_inputs({k: v[start:start + self.max_rows]
                                       for k, v in inputs.items()})
-                for start in range(0, n, MAX_MODEL_BATCH)])
+                for start in range(0, n, self.max_rows)])
         return self._predict_inputs(inputs)
 
     def _predict_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Probabilities for encoded model inputs of at most :data:`MAX_MODEL_BATCH` rows."""
+        """Probabilities for encoded model inputs of at most :attr:`max_rows` rows."""
         n = len(inputs["image"])
         # Each new batch shape makes Keras compile the model again (~0.3 s on CPU with
         # TensorFlow, 0.5-3 s with JAX), and micro-batch sizes vary all the time: pad to

@@ -24,7 +24,7 @@ from worker.stamps import (
     ModelInput,
     PreprocessConfig,
     decode_stamps,
-    native_image,
+    native_input,
     preprocess_batch,
 )
 
@@ -274,10 +274,8 @@ class Labeller:
                 continue
             # The compiled path (gunzip to normalized image in one call), when it applies;
             # else the stamps join the batch's vectorized preprocessing below.
-            image = native_image(alert, self.preprocess)
-            if image is not None:
-                prepared = ModelInput(image=image, features=metadata_features(alert.candidate),
-                                      padded=False)
+            prepared = native_input(alert, self.preprocess)
+            if prepared is not None:
                 slots.append(Work(alert, item.source, prepared, item.consumed_at_ms, item.tag))
                 continue
             try:

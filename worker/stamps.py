@@ -551,6 +551,14 @@ def native_image(alert: Alert, config: PreprocessConfig) -> np.ndarray | None:
     return np.frombuffer(raw, np.float32).reshape(config.crop_size, config.crop_size, 3)
 
 
+def native_input(alert: Alert, config: PreprocessConfig) -> ModelInput | None:
+    """The model input of an alert by the compiled path, or None (see :func:`native_image`)."""
+    image = native_image(alert, config)
+    if image is None:
+        return None
+    return ModelInput(image=image, features=metadata_features(alert.candidate), padded=False)
+
+
 def prepare_alert(alert: Alert, config: PreprocessConfig | None = None) -> ModelInput:
     """Decode and preprocess one alert into the model's input.
 
@@ -571,10 +579,9 @@ def prepare_alert(alert: Alert, config: PreprocessConfig | None = None) -> Model
         Any stamp-level reason (corrupt gzip, FITS, shape, all-NaN).
     """
     config = config or PreprocessConfig()
-    image = native_image(alert, config)
-    if image is not None:
-        return ModelInput(image=image, features=metadata_features(alert.candidate),
-                          padded=False)
+    prepared = native_input(alert, config)
+    if prepared is not None:
+        return prepared
     full, padded = decode_stamps(alert, config)
     image = preprocess_stamps(full, config.crop_size)
     return ModelInput(image=image, features=metadata_features(alert.candidate), padded=padded)

@@ -168,6 +168,7 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
             command += ["--until-idle", str(until_idle_s)]
         return supervise(config, command)
     log.info("configuration: %s", to_dict(config))
+
     from prometheus_client import CollectorRegistry
 
     from worker.identity import IdentityError

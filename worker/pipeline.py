@@ -74,6 +74,9 @@ DECODE_CHUNK = 128
 MAX_UNCONFIRMED = 4
 # Seconds between two log lines for the same recoverable consumer error.
 CONSUMER_ERROR_LOG_S = 60.0
+# Error codes that say the cluster (or one of its brokers) cannot be reached.
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                          KafkaError._RESOLVE})
 
 
 class DeliveryError(RuntimeError):
@@ -415,7 +418,12 @@ class Worker:
 
     def _client_error(self, role: str, error: KafkaError) -> None:
         now = time.monotonic()
-        kind = f"{role}:{same_kind(error.str())}"
+        # A cluster that cannot be reached is one event, whichever of its connections
+        # (bootstrap, each broker, the group coordinator) reports it first: one line per
+        # client and error code.  Other errors name what they are about (a topic), so
+        # their text, less numbers, tells them apart.
+        kind = (f"{role}:{error.name()}" if error.code() in _UNREACHABLE
+                else f"{role}:{same_kind(error.str())}")
         if now - self._error_logged.get(kind, -math.inf) >= CONSUMER_ERROR_LOG_S:
             self._error_logged[kind] = now
             log.warning("%s: %s (librdkafka retries; repeats are counted in "

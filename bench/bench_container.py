@@ -39,7 +39,7 @@ from common import broker_for_run, cpu_model, data_dir, delete_topics, load_aler
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from worker.topics import TopicSpec, ensure_topics
+from worker.tools.topics import TopicSpec, ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
 PARTITIONS = 4

@@ -8,14 +8,14 @@ same bundled model (or ``--model``) and one CPU core:
     the whole record, ``gzip`` + ``astropy.io.fits`` for each cutout, numpy crop and
     normalization, the metadata features from the full candidate, and one model call per
     alert on Keras with TensorFlow, as ALeRCE's steps serve their models;
-(b) *the worker*: the projected Avro decode (:class:`worker.alerts.AlertDecoder`, one
+(b) *the worker*: the projected Avro decode (:class:`worker.decode.alerts.AlertDecoder`, one
     decoder for every pass as in the worker, so parsed writer schemas stay cached),
-    :func:`worker.stamps.prepare_alert` (gunzip, FITS cards, preprocessing, features;
+    :func:`worker.prepare.stamps.prepare_alert` (gunzip, FITS cards, preprocessing, features;
     compiled in ``native/`` when built, ``STAMP_NATIVE=0`` for the pure-Python path),
     one model call per batch of ``--batch`` alerts on the worker's model backend
     (``--backend``, by default what the worker chooses: ONNX Runtime for the bundled
     model), and the label record
-    (:func:`worker.output.label_record` + :func:`worker.output.encode_label`).
+    (:func:`worker.stream.output.label_record` + :func:`worker.stream.output.encode_label`).
 
 Each stage is timed with :func:`time.process_time` (CPU time of every thread of the
 process) over all alerts, after one warm-up pass, ``--repeat`` times; the table gives the
@@ -60,11 +60,11 @@ from common import cpu_model
 import fastavro  # noqa: E402  (after the pinning)
 import numpy as np  # noqa: E402
 
-from worker import native  # noqa: E402
-from worker.features import metadata_features  # noqa: E402
-from worker.model import StampModel  # noqa: E402
-from worker.output import Source, encode_label, label_record  # noqa: E402
-from worker.stamps import prepare_alert  # noqa: E402
+from worker.decode import native  # noqa: E402
+from worker.prepare.features import metadata_features  # noqa: E402
+from worker.model.artifact import StampModel  # noqa: E402
+from worker.stream.output import Source, encode_label, label_record  # noqa: E402
+from worker.prepare.stamps import prepare_alert  # noqa: E402
 # isort: on
 
 

@@ -8,12 +8,12 @@ ZTF data (``../shared/data`` beside the repository, or ``$STAMP_DATA_DIR``, or
 (a) *reference*, written here the way ALeRCE's stamp classifier does it:
     :func:`fastavro.reader` over the whole container, then for each cutout
     :func:`gzip.open` + :func:`astropy.io.fits.open` → ``.data``, the same geometry
-    handling (:func:`worker.stamps.place_on_grid` for stamps cut by a CCD edge) and
+    handling (:func:`worker.prepare.stamps.place_on_grid` for stamps cut by a CCD edge) and
     a plain-numpy centre crop 21×21, ``nan_to_num``, min-max normalization;
-(b) *this project*: :meth:`worker.alerts.AlertDecoder.iter_records` (projected Avro
-    decode) + :func:`worker.stamps.prepare_alert` (gunzip, direct FITS card parse, the
+(b) *this project*: :meth:`worker.decode.alerts.AlertDecoder.iter_records` (projected Avro
+    decode) + :func:`worker.prepare.stamps.prepare_alert` (gunzip, direct FITS card parse, the
     project's preprocessing and the metadata feature vector).  With the compiled
-    extension (``native/``, :mod:`worker.native`) the record read and the cutouts →
+    extension (``native/``, :mod:`worker.decode.native`) the record read and the cutouts →
     image step run in Rust; ``STAMP_NATIVE=0`` measures the pure-Python path.  One
     decoder serves every pass, as in the worker, whose decoder keeps the parsed writer
     schemas for the life of the process.
@@ -22,7 +22,7 @@ Sub-stage rows split each path: Avro decode, gunzip + FITS, preprocessing (and, 
 (b), the compiled cutouts → image call when built, and the metadata features, which (a)
 does not compute).  The same run checks that (a)
 and (b) give identical (:func:`numpy.array_equal`) images for every alert; alerts that
-(b) rejects with :class:`~worker.errors.AlertError` (corrupt containers, the alert with
+(b) rejects with :class:`~worker.decode.errors.AlertError` (corrupt containers, the alert with
 no cutouts) are skipped in both paths and counted by reason.
 
 Method: the process is pinned to the first CPU it may use and BLAS/OpenMP pools are set
@@ -72,11 +72,11 @@ import fastavro  # noqa: E402
 import numpy as np  # noqa: E402
 from common import cpu_model  # noqa: E402
 
-from worker import native  # noqa: E402
-from worker.alerts import CUTOUT_FIELDS, Alert, AlertDecoder  # noqa: E402
-from worker.errors import AlertError, Reason  # noqa: E402
-from worker.features import metadata_features  # noqa: E402
-from worker.stamps import (  # noqa: E402
+from worker.decode import native  # noqa: E402
+from worker.decode.alerts import CUTOUT_FIELDS, Alert, AlertDecoder  # noqa: E402
+from worker.decode.errors import AlertError, Reason  # noqa: E402
+from worker.prepare.features import metadata_features  # noqa: E402
+from worker.prepare.stamps import (  # noqa: E402
     PreprocessConfig,
     decode_stamp,
     native_image,
@@ -141,8 +141,8 @@ def load_workload(data_dir: Path) -> Workload:
     """Read every ``.avro`` file under ``data_dir`` and decide which records to use.
 
     A record is used when (b) turns it into a model input; an
-    :class:`~worker.errors.AlertError` (yielded by the decoder or raised by
-    :func:`~worker.stamps.prepare_alert`) skips it in both paths.  A container-level
+    :class:`~worker.decode.errors.AlertError` (yielded by the decoder or raised by
+    :func:`~worker.prepare.stamps.prepare_alert`) skips it in both paths.  A container-level
     error is yielded last by the decoder and ends the records read from that file.
     """
     decoder = AlertDecoder()
@@ -188,7 +188,7 @@ DECODER = AlertDecoder()
 
 
 def kept_alerts(wl: Workload) -> Iterator[Alert]:
-    """Projected :class:`~worker.alerts.Alert` values of the used alerts (path (b))."""
+    """Projected :class:`~worker.decode.alerts.Alert` values of the used alerts (path (b))."""
     decoder = DECODER
     for f in wl.files:
         for item, keep in zip(islice(decoder.iter_records(f.payload), f.n_records), f.keep,

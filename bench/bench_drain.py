@@ -2,7 +2,7 @@
 
 For each ``--decode-processes`` value: a fresh topic (3 partitions) is filled with
 ``--backlog`` alerts (the single-alert ZTF files of ``../shared/data`` cycled, or built
-ones), then a :class:`worker.pipeline.Worker` (the bundled model or ``--model``, batches
+ones), then a :class:`worker.stream.pipeline.Worker` (the bundled model or ``--model``, batches
 of ``--max-messages``) drains it in this process; the clock runs from the assignment of
 the partitions until the group's committed offsets cover the backlog, so model loading,
 helper start-up and the group join are excluded, and no load generator shares the
@@ -40,10 +40,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from worker.config import BatchConfig, MetricsConfig, TopicsConfig, default_config
-from worker.metrics import HealthState, WorkerMetrics
-from worker.model import StampModel
-from worker.pipeline import Worker
+from worker.model.artifact import StampModel
+from worker.stream.config import BatchConfig, MetricsConfig, TopicsConfig, default_config
+from worker.stream.metrics import HealthState, WorkerMetrics
+from worker.stream.pipeline import Worker
 
 PARTITIONS = 3
 

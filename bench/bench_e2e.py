@@ -62,10 +62,10 @@ from common import (
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from worker.alerts import Alert, AlertDecoder
-from worker.errors import AlertError
-from worker.output import decode_labels
-from worker.stamps import prepare_alert
+from worker.decode.alerts import Alert, AlertDecoder
+from worker.decode.errors import AlertError
+from worker.prepare.stamps import prepare_alert
+from worker.stream.output import decode_labels
 
 PARTITIONS = 3  # of the input topic; set from --partitions
 

@@ -9,7 +9,7 @@ The bundled model (or ``--model DIR``) is loaded as the worker loads it, on the 
   is installed and ``--device`` allows it, on the CPU otherwise.
 
 Each batch size (default 256, 1024 and 4096 stamps) is predicted from host memory to
-host memory, as :meth:`worker.model.StampModel.predict` does in the worker (so transfers
+host memory, as :meth:`worker.model.artifact.StampModel.predict` does in the worker (so transfers
 to and from a GPU count), ``--repeat`` times and for at least ``--min-seconds``; the
 table gives stamps per second, milliseconds per call and the process's CPU time per
 stamp (all its threads; on a GPU, the host's share), with the CPU and GPU named.
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.features import FEATURE_NAMES
-from worker.model import DEVICES, ModelError, StampModel
+from worker.model.artifact import DEVICES, ModelError, StampModel
+from worker.prepare.features import FEATURE_NAMES
 
 
 def cpu_name() -> str:

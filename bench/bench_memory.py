@@ -134,7 +134,7 @@ def baseline(model: str | None, backend: str = "keras") -> dict[str, float]:
             f"import {library};"
             "rss=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmRSS')]"
             "[0].split()[1])/1024; a=rss();"
-            "from worker.model import StampModel;"
+            "from worker.model.artifact import StampModel;"
             "m=StampModel.load(sys.argv[1] or None, backend=sys.argv[2]);"
             "m.warm_up(256); print(a, rss())")
     done = subprocess.run([sys.executable, "-c", code, model or "", backend],

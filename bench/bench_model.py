@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.features import FEATURE_NAMES
-from worker.model import StampModel
+from worker.model.artifact import StampModel
+from worker.prepare.features import FEATURE_NAMES
 
 
 def cost(model: StampModel, batch: int, repeat: int) -> tuple[float, float]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from worker import devbroker
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
+from worker.tools import devbroker
 
 
 def data_dir(given: Path | None) -> Path | None:

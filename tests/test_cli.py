@@ -11,7 +11,7 @@ import pytest
 
 from training.cli import main as train_main
 from worker.cli import main
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
 
 
 def test_inspect_reports_alerts_and_reasons(tmp_path: Path, capsys) -> None:
@@ -109,10 +109,10 @@ def test_help_shows_defaults_and_exit_statuses(monkeypatch) -> None:
 
 
 def test_demo_takes_its_data_folder_and_timeout(tmp_path: Path, monkeypatch, capsys) -> None:
-    import worker.demo
+    import worker.tools.demo
 
     calls: list[tuple] = []
-    monkeypatch.setattr(worker.demo, "run_demo", lambda *a: calls.append(a) or 0)
+    monkeypatch.setattr(worker.tools.demo, "run_demo", lambda *a: calls.append(a) or 0)
     assert main(["demo", "--data", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"stamp-worker demo: {tmp_path / 'nope'}: no such folder\n"
     assert main(["demo", "--data", str(tmp_path)]) == 2

@@ -9,15 +9,15 @@ import keras
 import numpy as np
 import pytest
 
-from tests.test_model import _artifact
+from tests.model.test_artifact import _artifact
 from training.models import build_rotinv
-from worker.alerts import AlertDecoder
-from worker.config import AsteroidPolicy
+from worker.decode.alerts import AlertDecoder
+from worker.decode.packets import encode_container, synthetic_alert
 from worker.labeller import ASTEROID, Labeller, known_asteroid
-from worker.model import CLASS_NAMES, StampModel
-from worker.output import LABEL_SCHEMA, Source, decode_labels, encode_label
-from worker.packets import encode_container, synthetic_alert
-from worker.stamps import prepare_alert
+from worker.model.artifact import CLASS_NAMES, StampModel
+from worker.prepare.stamps import prepare_alert
+from worker.stream.config import AsteroidPolicy
+from worker.stream.output import LABEL_SCHEMA, Source, decode_labels, encode_label
 
 SOURCE = Source("alerts", 2, 41, 1_790_000_000_000)
 

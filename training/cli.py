@@ -64,7 +64,7 @@ from worker.commandline import (
     quiet_tensorflow,
     use_help_formatter,
 )
-from worker.features import metadata_features
+from worker.prepare.features import metadata_features
 
 
 def simulated_dataset(n: int, seed: int, balanced: bool = False) -> StampDataset:
@@ -147,7 +147,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from training.models import TRUNK_FILTERS
     from training.train import TrainConfig, print_summary, train
-    from worker.stamps import PreprocessConfig
+    from worker.prepare.stamps import PreprocessConfig
 
     # --data is read below, before TensorFlow: its own error says how to make one.
     _check_paths("train", folders=[args.out])
@@ -183,7 +183,7 @@ def _train(args: argparse.Namespace) -> int:
 def _write_onnx(command: str, artifact: str | Any) -> None:
     """Add ``model.onnx`` to an artifact (a few seconds), or stop with one line."""
     from training.onnx_export import export_onnx
-    from worker.model import ModelError
+    from worker.model.artifact import ModelError
 
     try:
         entry = export_onnx(artifact)
@@ -272,7 +272,7 @@ def _check_artifact(command: str, path: str) -> None:
     """Stop with one line if ``path`` is not a model artifact, before Keras is imported."""
     import json
 
-    from worker.model import MANIFEST, MODEL_FILE, Manifest, ModelError
+    from worker.model.artifact import MANIFEST, MODEL_FILE, Manifest, ModelError
 
     folder = check_readable(path)
     manifest = folder / MANIFEST
@@ -351,7 +351,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from training.evaluate import evaluate, format_result, load_alerce_test_stamps
-    from worker.model import ModelError, StampModel
+    from worker.model.artifact import ModelError, StampModel
 
     _check_paths("evaluate", inputs=[args.model, args.data, args.alerce_test_stamps,
                                      *(args.alerts or []), args.labels],

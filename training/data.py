@@ -8,7 +8,7 @@ the user's explicit request (``stamp-train convert --i-trust-this-pickle``) and 
 once to an ``.npz`` file (plain arrays, read with ``allow_pickle=False``) that every
 other command reads.
 
-Preprocessing is :func:`worker.stamps.preprocess_batch`, the worker's own: never a copy.
+Preprocessing is :func:`worker.prepare.stamps.preprocess_batch`, the worker's own: never a copy.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from worker.features import FEATURE_NAMES, ecliptic_galactic, encode_isdiffpos
-from worker.model import CLASS_NAMES
-from worker.stamps import preprocess_batch
+from worker.model.artifact import CLASS_NAMES
+from worker.prepare.features import FEATURE_NAMES, ecliptic_galactic, encode_isdiffpos
+from worker.prepare.stamps import preprocess_batch
 
 STAMP_SHAPE = (63, 63, 3)
 
@@ -44,7 +44,7 @@ class StampDataset:
     labels : numpy.ndarray
         (N,) int64 class indices into :data:`CLASS_NAMES`.
     features : numpy.ndarray
-        (N, F) float32 raw metadata features in :data:`worker.features.FEATURE_NAMES`
+        (N, F) float32 raw metadata features in :data:`worker.prepare.features.FEATURE_NAMES`
         order, NaN where missing.
     object_ids : numpy.ndarray
         (N,) str: the astronomical object of each example.  Splits and weights are per

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from training.data import preprocess_images, split_balanced
-from worker.features import metadata_features
-from worker.model import CLASS_NAMES, StampModel
+from worker.model.artifact import CLASS_NAMES, StampModel
+from worker.prepare.features import metadata_features
 
 AGN, SN, VS = (CLASS_NAMES.index(c) for c in ("AGN", "SN", "VS"))
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from training.data import CLASS_NAMES, DatasetError, StampDataset, metadata_matrix
 from training.data import preprocess_images as _preprocess
-from worker.features import FEATURE_NAMES
-from worker.model import StampModel
+from worker.model.artifact import StampModel
+from worker.prepare.features import FEATURE_NAMES
 
 
 def load_alerce_test_stamps(folder: str | Path) -> tuple[StampDataset, np.ndarray, np.ndarray]:

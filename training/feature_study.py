@@ -2,7 +2,8 @@
 
 A study, not part of the protocol: on freshly simulated, balanced alerts (another seed
 than the bundled model's), it trains small features-only MLPs — the worker's
-standardization, and the ``log-indicators`` encoding (:class:`worker.features.FeatureEncoding`:
+standardization, and the ``log-indicators`` encoding
+(:class:`worker.prepare.features.FeatureEncoding`:
 log scales for the heavy-tailed counts and distances plus missing-value indicators) —
 and compares them, on the same balanced test set, with
 the bundled model and with the average of the bundled model's and the MLP's
@@ -21,8 +22,8 @@ import sys
 import numpy as np
 
 from training.data import preprocess_images, split_balanced
-from worker.features import FeatureEncoding
-from worker.model import CLASS_NAMES
+from worker.model.artifact import CLASS_NAMES
+from worker.prepare.features import FeatureEncoding
 
 
 def _mlp_probabilities(x: np.ndarray, y: np.ndarray, split: tuple[np.ndarray, ...],
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11, help="simulator seed")
     args = parser.parse_args(argv)
     from training.cli import simulated_dataset
-    from worker.model import StampModel
+    from worker.model.artifact import StampModel
 
     data = simulated_dataset(args.n, args.seed, balanced=True)
     y, features = data.labels, data.features

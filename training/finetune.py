@@ -36,9 +36,9 @@ import numpy as np
 from training.data import CLASS_NAMES, StampDataset, dihedral, preprocess_images
 from training.grouped import object_balanced_draw, object_table
 from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
-from worker.features import FEATURE_NAMES, FeatureEncoding
-from worker.model import MANIFEST, MODEL_FILE, StampModel
-from worker.stamps import PreprocessConfig
+from worker.model.artifact import MANIFEST, MODEL_FILE, StampModel
+from worker.prepare.features import FEATURE_NAMES, FeatureEncoding
+from worker.prepare.stamps import PreprocessConfig
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def as_first_detection(features: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     features : numpy.ndarray
-        (N, F) raw features in :data:`worker.features.FEATURE_NAMES` order.
+        (N, F) raw features in :data:`worker.prepare.features.FEATURE_NAMES` order.
 
     Returns
     -------

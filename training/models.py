@@ -95,7 +95,7 @@ def build_rotinv(input_shape: tuple[int, int, int] = (21, 21, 3), n_features: in
     import keras
     from keras import layers
 
-    from worker.layers import CyclicAveragePool, RotationStack
+    from worker.model.layers import CyclicAveragePool, RotationStack
 
     image = keras.Input(input_shape, name="image")
     features = keras.Input((n_features,), name="features")

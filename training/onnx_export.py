@@ -7,7 +7,7 @@ model against Keras on a fixed batch and records the file in ``manifest.json``::
     "onnx": {"file": "model.onnx", "sha256": "...", "opset": 17,
              "max_abs_diff": 3e-08, "check_batch": 64, "exporter": "tf2onnx 1.17.0"}
 
-The worker (:class:`worker.model.StampModel` with backend ``onnx`` or ``auto``) then
+The worker (:class:`worker.model.artifact.StampModel` with backend ``onnx`` or ``auto``) then
 runs the model with ONNX Runtime and never imports TensorFlow or Keras.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.features import FEATURE_NAMES
-from worker.model import MANIFEST, ONNX_FILE, ModelError, StampModel
+from worker.model.artifact import MANIFEST, ONNX_FILE, ModelError, StampModel
+from worker.prepare.features import FEATURE_NAMES
 
 #: ONNX operator set written (ONNX Runtime ≥ 1.14 runs it).
 ONNX_OPSET = 17

@@ -2,11 +2,11 @@
 
 This is how a broker turns its archive and its cross-matches into training data:
 ``stamp-train dataset ALERTS... --labels labels.csv --out real.npz``.  The alerts are
-read by :mod:`worker.sources` (files, folders, tar archives, Parquet tables), decoded by
+read by :mod:`worker.decode.sources` (files, folders, tar archives, Parquet tables), decoded by
 the worker's :class:`~worker.labeller.Labeller` and cut out by
-:func:`worker.stamps.decode_stamps`; the dataset keeps the full-size stamps and the raw
+:func:`worker.prepare.stamps.decode_stamps`; the dataset keeps the full-size stamps and the raw
 metadata features, and training preprocesses them with the worker's
-:func:`~worker.stamps.preprocess_batch` — so a dataset example becomes exactly the model
+:func:`~worker.prepare.stamps.preprocess_batch` — so a dataset example becomes exactly the model
 input the worker would compute for that alert (a test checks it bit for bit).
 
 The labels CSV has a ``label`` column (AGN, SN, VS, asteroid, bogus; empty =
@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from training.data import CLASS_NAMES, DatasetError, StampDataset
-from worker.errors import AlertError
-from worker.features import FEATURE_NAMES, metadata_features
+from worker.decode.errors import AlertError
+from worker.decode.sources import Payload, SourceError, expand_paths, read_inputs
 from worker.labeller import Labeller
-from worker.output import Source
-from worker.sources import Payload, SourceError, expand_paths, read_inputs
-from worker.stamps import PreprocessConfig, decode_stamps, preprocess_batch
+from worker.prepare.features import FEATURE_NAMES, metadata_features
+from worker.prepare.stamps import PreprocessConfig, decode_stamps, preprocess_batch
+from worker.stream.output import Source
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def build_dataset(payloads: Iterable[Payload], labels: Labels,
     Parameters
     ----------
     payloads : iterable of Payload
-        Alert messages (from :func:`worker.sources.iter_payloads`).
+        Alert messages (from :func:`worker.decode.sources.iter_payloads`).
     labels : Labels
         The labels (:func:`read_labels`).
     preprocess : PreprocessConfig, optional

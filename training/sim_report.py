@@ -3,9 +3,9 @@
 ``stamp-train sim-report`` compares, class by class, real labelled alerts with ``N``
 simulated alerts per class on what a model sees:
 
-* the 26 raw metadata features (:data:`worker.features.FEATURE_NAMES`, from
-  :func:`worker.features.metadata_features`), missing values included;
-* pixel statistics of the preprocessed 21×21 crops (:func:`worker.stamps.preprocess_batch`,
+* the 26 raw metadata features (:data:`worker.prepare.features.FEATURE_NAMES`, from
+  :func:`worker.prepare.features.metadata_features`), missing values included;
+* pixel statistics of the preprocessed 21×21 crops (:func:`worker.prepare.stamps.preprocess_batch`,
   the worker's own preprocessing: min-max normalized to [0, 1]), per channel science /
   template / difference: the centre pixel, the median (where the background lands after
   the normalization), the share of pixels above 0.5, the standard deviation and the
@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from training.data import CLASS_NAMES, StampDataset
-from worker.features import FEATURE_NAMES, metadata_features
-from worker.stamps import CHANNELS, preprocess_batch
+from worker.prepare.features import FEATURE_NAMES, metadata_features
+from worker.prepare.stamps import CHANNELS, preprocess_batch
 
 CROP_SIZE = 21                          # the worker's default crop [pixels]
 PIXEL_STATISTICS: tuple[str, ...] = ("centre", "median", "frac>0.5", "std", "peak offset")

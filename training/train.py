@@ -31,9 +31,9 @@ from training.data import (
     split_balanced,
 )
 from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
-from worker.features import LOG_SCALED, FeatureEncoding
-from worker.model import MANIFEST, MANIFEST_FORMAT, MODEL_FILE
-from worker.stamps import PreprocessConfig
+from worker.model.artifact import MANIFEST, MANIFEST_FORMAT, MODEL_FILE
+from worker.prepare.features import LOG_SCALED, FeatureEncoding
+from worker.prepare.stamps import PreprocessConfig
 
 SN = CLASS_NAMES.index("SN")
 
@@ -169,7 +169,7 @@ def train(dataset: StampDataset, config: TrainConfig, out_dir: str | Path,
     """
     import keras  # deferred so `stamp-train --help` is instant
 
-    import worker.layers as layers
+    import worker.model.layers as layers
 
     out_dir = Path(out_dir)
     start = time.perf_counter()

@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from worker.alerts import Alert, AlertDecoder
 from worker.commandline import (
     UsageError,
     check_readable,
@@ -45,10 +44,11 @@ from worker.commandline import (
     quiet_tensorflow,
     use_help_formatter,
 )
-from worker.errors import AlertError
-from worker.model import BACKENDS, DEVICES
-from worker.sources import SourceError, expand_paths, read_inputs
-from worker.stamps import PreprocessConfig, prepare_alert
+from worker.decode.alerts import Alert, AlertDecoder
+from worker.decode.errors import AlertError
+from worker.decode.sources import SourceError, expand_paths, read_inputs
+from worker.model.artifact import BACKENDS, DEVICES
+from worker.prepare.stamps import PreprocessConfig, prepare_alert
 
 
 def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) -> int:
@@ -70,10 +70,10 @@ def inspect(paths: Sequence[str], crop_size: int, non_square: str, quiet: bool) 
     int
         Exit status: 0 when every input was read (refused alerts are reported, not
         failures of the command); 1 when some input could not be read or is not an
-        alert at all (:data:`worker.classify.NOT_AN_ALERT`); 2 when nothing was done
+        alert at all (:data:`worker.tools.classify.NOT_AN_ALERT`); 2 when nothing was done
         (a missing path, a bad option: one line on stderr).
     """
-    from worker.classify import NOT_AN_ALERT
+    from worker.tools.classify import NOT_AN_ALERT
 
     try:
         config = PreprocessConfig(crop_size=crop_size, non_square=non_square)  # type: ignore[arg-type]
@@ -129,7 +129,7 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
     """Run the streaming worker until SIGTERM/SIGINT (exit 0) or a failure (exit 1).
 
     With ``processes: N`` > 1 in the configuration, start N worker processes (each this
-    command with one process) and watch them (:func:`worker.processes.supervise`).
+    command with one process) and watch them (:func:`worker.stream.processes.supervise`).
 
     Parameters
     ----------
@@ -146,7 +146,7 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
     """
     import logging
 
-    from worker.config import ENV_BOOTSTRAP, ConfigError, load_config, to_dict
+    from worker.stream.config import ENV_BOOTSTRAP, ConfigError, load_config, to_dict
 
     # The pid tells the lines of several worker processes apart (``processes: N``).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -158,7 +158,7 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
         raise SystemExit(f"stamp-worker run: configuration: {exc}") from exc
     if config.processes > 1:
         # Before the model is imported: this process only starts and watches the workers.
-        from worker.processes import supervise
+        from worker.stream.processes import supervise
 
         log.info("starting %d worker processes", config.processes)
         command = [sys.executable, "-m", "worker.cli", "run"]
@@ -171,11 +171,11 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from worker.identity import IdentityError
-    from worker.metrics import HealthState, MetricsServer, WorkerMetrics
-    from worker.model import ModelError, StampModel
-    from worker.pipeline import Worker
-    from worker.registry import ConfluentSchemaRegistry
+    from worker.decode.registry import ConfluentSchemaRegistry
+    from worker.model.artifact import ModelError, StampModel
+    from worker.stream.identity import IdentityError
+    from worker.stream.metrics import HealthState, MetricsServer, WorkerMetrics
+    from worker.stream.pipeline import Worker
 
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
@@ -188,7 +188,7 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
     try:
         # Before the model (5 s): a wrong address or a cluster that is down is named at
         # once, in one line, instead of librdkafka retrying it forever.
-        from worker.cluster import ClusterError, check_reachable
+        from worker.stream.cluster import ClusterError, check_reachable
 
         health.set_ready(False, f"connecting to Kafka at {config.kafka.bootstrap_servers}")
         try:
@@ -300,7 +300,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_topics(sub: argparse._SubParsersAction) -> None:
-    from worker import topics
+    from worker.tools import topics
 
     p = sub.add_parser(
         "topics", help="create (or describe) the input, label and dead-letter topics of a "
@@ -383,7 +383,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(data: str | None, timeout_s: float) -> int:
-    """``stamp-worker demo``: check ``--data``, then run :func:`worker.demo.run_demo`."""
+    """``stamp-worker demo``: check ``--data``, then run :func:`worker.tools.demo.run_demo`."""
     from pathlib import Path
 
     data_dir = None
@@ -396,7 +396,7 @@ def _demo(data: str | None, timeout_s: float) -> int:
             print(f"stamp-worker demo: {data}: holds no ztf-alerts* folder of alert files "
                   "(the layout of the shared data)", file=sys.stderr)
             return 2
-    from worker.demo import run_demo
+    from worker.tools.demo import run_demo
 
     return run_demo(timeout_s, data_dir)
 
@@ -466,19 +466,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "inspect":
             return inspect(args.paths, args.crop_size, args.non_square, args.quiet)
         if args.command == "labels":
-            from worker.read_labels import labels_command
+            from worker.tools.read_labels import labels_command
 
             return labels_command(args.topic, args.bootstrap_servers, args.format,
                                   args.limit, args.follow, args.connect_timeout,
                                   sys.stdout, sys.stderr)
         if args.command == "topics":
-            from worker.topics import topics_command
+            from worker.tools.topics import topics_command
 
             return topics_command(args.config, args.describe, args.partitions,
                                   args.replication_factor, args.retention_days,
                                   args.dead_letter_retention_days, sys.stdout)
         if args.command == "replay":
-            from worker.replay import replay_command
+            from worker.tools.replay import replay_command
 
             return replay_command(args.paths, args.topic, args.bootstrap_servers, args.X,
                                   args.source_topic, args.start, args.end, args.rate,
@@ -486,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   args.shuffle_buffer, args.seed, args.quiet, sys.stderr,
                                   args.connect_timeout)
         if args.command == "classify":
-            from worker.classify import classify_command
+            from worker.tools.classify import classify_command
 
             return classify_command(args.paths, args.output, args.format, args.model,
                                     args.batch_size, args.asteroid_policy, sys.stderr,

@@ -1,7 +1,7 @@
 """Alert message → label records: the classification core shared by every command.
 
-The streaming worker (:mod:`worker.pipeline`) and the offline ``classify`` command
-(:mod:`worker.classify`) both go through :class:`Labeller`, so one alert gets the same
+The streaming worker (:mod:`worker.stream.pipeline`) and the offline ``classify`` command
+(:mod:`worker.tools.classify`) both go through :class:`Labeller`, so one alert gets the same
 decoding, preprocessing, policy, model call and label record whichever way it comes in.
 Kafka, files and output formats stay outside.
 """
@@ -13,13 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.alerts import Alert, AlertDecoder
-from worker.config import AsteroidPolicy
-from worker.errors import AlertError
-from worker.features import metadata_features
-from worker.model import CLASS_NAMES, StampModel
-from worker.output import Source, label_record
-from worker.stamps import (
+from worker.decode.alerts import Alert, AlertDecoder
+from worker.decode.errors import AlertError
+from worker.model.artifact import CLASS_NAMES, StampModel
+from worker.prepare.features import metadata_features
+from worker.prepare.stamps import (
     PREPROCESSING_VERSION,
     ModelInput,
     PreprocessConfig,
@@ -27,6 +25,8 @@ from worker.stamps import (
     native_input,
     preprocess_batch,
 )
+from worker.stream.config import AsteroidPolicy
+from worker.stream.output import Source, label_record
 
 ASTEROID = CLASS_NAMES.index("asteroid")
 
@@ -153,7 +153,7 @@ class Labeller:
         The preprocessing, when there is no model to give it.
     on_predictions : callable, optional
         Called by :meth:`infer` with each model call's (N, 5) probability array (N ≥ 1),
-        e.g. :meth:`worker.metrics.WorkerMetrics.observe_predictions`: the drift metrics
+        e.g. :meth:`worker.stream.metrics.WorkerMetrics.observe_predictions`: the drift metrics
         then cost one array operation per batch, not Python work per alert.  Alerts the
         asteroid policy labels are not predictions and are not passed.
     """

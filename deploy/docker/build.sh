@@ -33,7 +33,7 @@ base_id="$(podman image inspect --format '{{.Id}}' "$base" 2>/dev/null)" || {
 inputs="$( {
   echo "$base_id"
   find deploy/docker/Dockerfile .dockerignore pyproject.toml README.md schemas training worker \
-    -type f ! -path '*/__pycache__/*' ! -name '*.py[cod]' ! -path 'worker/models/*/report/*' \
+    -type f ! -path '*/__pycache__/*' ! -name '*.py[cod]' ! -path 'worker/model/*/report/*' \
     -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-12)"
 image="localhost/stamp-worker:$inputs"

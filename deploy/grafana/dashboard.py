@@ -1,7 +1,7 @@
 """The Grafana dashboard of the stamp classifier worker, built with the Grafana Foundation SDK.
 
 The committed ``dashboards/stamp-worker.json`` is this script's output; after editing
-the script, regenerate it (``tests/test_deploy_grafana.py`` checks that they agree, and
+the script, regenerate it (``tests/deploy/test_grafana.py`` checks that they agree, and
 that every metric a panel queries is one the worker exports)::
 
     python deploy/grafana/dashboard.py > deploy/grafana/dashboards/stamp-worker.json
@@ -178,7 +178,7 @@ def build() -> DashboardBuilder:
         DashboardBuilder("Stamp classifier worker")
         .uid(UID)
         .description("Throughput, lag, latency, failures and prediction drift of the "
-                     "stamp classifier (metrics of worker/metrics.py, alerts of "
+                     "stamp classifier (metrics of worker/stream/metrics.py, alerts of "
                      "deploy/prometheus/stamp-worker.rules.yml).")
         .tags(["stamp-classifier", "kafka", "ztf"])
         .editable()

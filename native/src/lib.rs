@@ -4,11 +4,11 @@
 //!
 //! * [`Program::read`] reads one Avro record of a known writer schema: the fields the
 //!   classifier uses become Python values, everything else (`prv_candidates`, `fp_hists`...)
-//!   is skipped.  Twin of `worker.alerts.AlertDecoder._read_record`.
+//!   is skipped.  Twin of `worker.decode.alerts.AlertDecoder._read_record`.
 //! * [`prepare_cutouts`] turns the three gzipped FITS cutouts of an alert into the
 //!   (crop, crop, 3) float32 model image: gunzip (libdeflate), FITS data, centre crop,
 //!   non-finite → 0, per-stamp min-max normalization.  Twin of
-//!   `worker.stamps.decode_stamps` + `worker.stamps.preprocess_batch`.
+//!   `worker.prepare.stamps.decode_stamps` + `worker.prepare.stamps.preprocess_batch`.
 //!
 //! Both only ever *accept*: whenever the bytes are unusual or wrong (corrupt, truncated,
 //! a FITS header the Python side has not parsed yet, a stamp cut by a CCD edge, a crop
@@ -202,7 +202,7 @@ fn read(py: Python<'_>, ty: &Ty, c: &mut Cursor, depth: u32) -> R<Py<PyAny>> {
     })
 }
 
-/// Parse the flat program written by `worker.native.compile_program`.
+/// Parse the flat program written by `worker.decode.native.compile_program`.
 fn parse(py: Python<'_>, code: &[i64], names: &[String], at: &mut usize, depth: u32) -> PyResult<Ty> {
     let bad = || pyo3::exceptions::PyValueError::new_err("malformed Avro program");
     if depth > 64 {
@@ -391,7 +391,7 @@ fn crop_channel(raw: &[u8], h: &Header, size: usize, crop: usize, channel: usize
 /// native byte order), or None when the Python path must decide.
 ///
 /// Parameters: the science, template and difference ``stampData``; the Python side's
-/// parsed-header cache (``worker.stamps._HEADER_CACHE``); the limits on the decompressed
+/// parsed-header cache (``worker.prepare.stamps._HEADER_CACHE``); the limits on the decompressed
 /// size [bytes] and on the axes [pixels]; the full stamp side and the crop side [pixels].
 /// Gunzip runs without the GIL.
 #[pyfunction]
@@ -451,7 +451,7 @@ fn prepare_cutouts<'py>(
 
 // ------------------------------------------------------------------------------ features
 
-/// `worker.features._number`: a candidate value as f64, NaN when missing.  None (bail)
+/// `worker.prepare.features._number`: a candidate value as f64, NaN when missing.  None (bail)
 /// for a type whose conversion is not certain to equal Python's `float()`.
 fn number(value: &Bound<'_, PyAny>, f32_max: f64) -> R<f64> {
     let v = if value.is_instance_of::<pyo3::types::PyFloat>() || value.is_instance_of::<pyo3::types::PyInt>() {
@@ -466,7 +466,7 @@ fn number(value: &Bound<'_, PyAny>, f32_max: f64) -> R<f64> {
     Ok(v)
 }
 
-/// `worker.features.encode_isdiffpos`, for ASCII strings (anything else: bail).
+/// `worker.prepare.features.encode_isdiffpos`, for ASCII strings (anything else: bail).
 fn isdiffpos(value: &Bound<'_, PyAny>) -> R<f64> {
     let Ok(text) = value.cast::<PyString>() else {
         return Ok(f64::NAN);
@@ -484,7 +484,7 @@ fn isdiffpos(value: &Bound<'_, PyAny>) -> R<f64> {
     })
 }
 
-/// `worker.features._rotate`: (latitude, longitude) [deg]; libm's functions, as CPython's
+/// `worker.prepare.features._rotate`: (latitude, longitude) [deg]; libm's functions, as CPython's
 /// `math` module calls them, and CPython's radians/degrees/`%` arithmetic.
 fn rotate(ra: f64, dec: f64, m: &[[f64; 3]; 3]) -> (f64, f64) {
     let (a, d) = (ra * (std::f64::consts::PI / 180.0), dec * (std::f64::consts::PI / 180.0));
@@ -509,7 +509,7 @@ fn rotate(ra: f64, dec: f64, m: &[[f64; 3]; 3]) -> (f64, f64) {
     (lat, r)
 }
 
-/// The raw metadata feature vector (`worker.features.metadata_features`) as native-endian
+/// The raw metadata feature vector (`worker.prepare.features.metadata_features`) as native-endian
 /// float32 bytes, or None when Python must compute it.  `names` is FEATURE_NAMES,
 /// `ecliptic` and `galactic` the rotation matrices, `f32_max` float32's largest value.
 #[pyfunction]

@@ -2,7 +2,7 @@
 
 ``kafka_bootstrap`` uses the broker named by ``$KAFKA_BOOTSTRAP_SERVERS`` when set (e.g.
 one started with ``make kafka-start``), else starts the development broker of
-``worker.devbroker`` once for the whole session (about 5 s once its jars are cached) and
+``worker.tools.devbroker`` once for the whole session (about 5 s once its jars are cached) and
 stops it at the end.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from worker import devbroker
-from worker.topics import TopicSpec, ensure_topics
+from worker.tools import devbroker
+from worker.tools.topics import TopicSpec, ensure_topics
 
 
 @pytest.fixture(scope="session")

@@ -20,12 +20,12 @@ from tests.integration.test_pipeline import (
     topics,  # noqa: F401  (fixture)
     write_config,
 )
-from worker.classify import LabelWriter, classify_payloads
+from worker.decode.sources import Payload
 from worker.labeller import Labeller
-from worker.model import CLASS_NAMES, StampModel
-from worker.output import decode_labels
-from worker.replay import Pacer, make_producer, replay
-from worker.sources import Payload
+from worker.model.artifact import CLASS_NAMES, StampModel
+from worker.stream.output import decode_labels
+from worker.tools.classify import LabelWriter, classify_payloads
+from worker.tools.replay import Pacer, make_producer, replay
 
 
 def test_classify_and_the_worker_give_the_same_labels(kafka_bootstrap: str, topics: dict,  # noqa: F811

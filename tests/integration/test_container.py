@@ -27,8 +27,8 @@ from confluent_kafka.admin import AdminClient
 
 from tests.integration.net import free_port, http_get
 from tests.integration.podman import build_image, missing, podman, run_options
-from worker.output import decode_labels
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
+from worker.stream.output import decode_labels
 
 READY_TIMEOUT_S = 120.0
 LABELS_TIMEOUT_S = 120.0

@@ -13,15 +13,15 @@ import keras
 import pytest
 
 from tests.integration.test_pipeline import committed, produce, write_config
-from tests.test_decodepool import (
+from tests.model.test_artifact import _artifact
+from tests.stream.test_decodepool import (
     kill_survivors,
     needs_proc,
     process_children,
     wait_until_gone,
 )
-from tests.test_model import _artifact
 from training.models import build_rotinv
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
 
 
 @pytest.fixture(scope="module")

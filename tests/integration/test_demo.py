@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from tests.conftest import REPO, shared_data_dir
-from worker.model import CLASS_NAMES
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
+from worker.model.artifact import CLASS_NAMES
 
 
 def test_demo_labels_every_sample_alert(kafka_bootstrap: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from worker import devbroker
+from worker.tools import devbroker
 
 
 def _produce(bootstrap: str, topic: str, values: list[bytes], partition: int = 0) -> None:

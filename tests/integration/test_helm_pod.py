@@ -30,11 +30,11 @@ import pytest
 from confluent_kafka import Consumer
 
 from tests.conftest import REPO
+from tests.deploy.test_helm import CHART, _find_helm, by_kind, container, render, workload
 from tests.integration.net import free_port, http_get
 from tests.integration.podman import build_image, missing, podman, run_options
-from tests.test_deploy_helm import CHART, _find_helm, by_kind, container, render, workload
-from worker import devbroker
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
+from worker.tools import devbroker
 
 USER = "stamp-classifier"
 ALERTS = 200

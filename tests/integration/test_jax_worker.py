@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_pipeline import committed, consume_all, produce, write_config
-from worker.alerts import AlertDecoder
-from worker.model import StampModel, default_model_path
-from worker.output import decode_labels
-from worker.packets import synthetic_alert
-from worker.stamps import prepare_alert
+from worker.decode.alerts import AlertDecoder
+from worker.decode.packets import synthetic_alert
+from worker.model.artifact import StampModel, default_model_path
+from worker.prepare.stamps import prepare_alert
+from worker.stream.output import decode_labels
 
 pytest.importorskip("jax", reason="jax is not installed (it is in the dev extra)")
 

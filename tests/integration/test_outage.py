@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_pipeline import make_worker, model_dir, write_config  # noqa: F401
-from worker import devbroker
-from worker.topics import TopicSpec, admin_client, ensure_topics
+from worker.tools import devbroker
+from worker.tools.topics import TopicSpec, admin_client, ensure_topics
 
 
 def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -22,17 +22,17 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import shared_data_dir
-from tests.test_model import _artifact
+from tests.model.test_artifact import _artifact
 from training.models import build_rotinv
-from worker.alerts import Alert, AlertDecoder
-from worker.config import load_config
-from worker.errors import AlertError
-from worker.metrics import HealthState, WorkerMetrics
-from worker.model import CLASS_NAMES, StampModel
-from worker.output import decode_labels
-from worker.packets import synthetic_alert
-from worker.pipeline import DeliveryError, Worker
-from worker.stamps import prepare_alert
+from worker.decode.alerts import Alert, AlertDecoder
+from worker.decode.errors import AlertError
+from worker.decode.packets import synthetic_alert
+from worker.model.artifact import CLASS_NAMES, StampModel
+from worker.prepare.stamps import prepare_alert
+from worker.stream.config import load_config
+from worker.stream.metrics import HealthState, WorkerMetrics
+from worker.stream.output import decode_labels
+from worker.stream.pipeline import DeliveryError, Worker
 
 
 @pytest.fixture(scope="module")

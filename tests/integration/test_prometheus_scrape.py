@@ -23,10 +23,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import prometheus_tool
-from tests.test_deploy_grafana import DASHBOARD, as_grafana_sends, panel_targets
-from worker.config import BUNDLED_MODEL_BASELINE
-from worker.metrics import STAGES, HealthState, MetricsServer, WorkerMetrics
-from worker.model import CLASS_NAMES
+from tests.deploy.test_grafana import DASHBOARD, as_grafana_sends, panel_targets
+from worker.model.artifact import CLASS_NAMES
+from worker.stream.config import BUNDLED_MODEL_BASELINE
+from worker.stream.metrics import STAGES, HealthState, MetricsServer, WorkerMetrics
 
 DEADLINE_S = 60.0  # Prometheus start + first scrapes; generous for a loaded CI machine
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from confluent_kafka import Producer
 
-from worker.output import CLASS_NAMES, encode_label
-from worker.read_labels import labels_command
+from worker.stream.output import CLASS_NAMES, encode_label
+from worker.tools.read_labels import labels_command
 
 
 def record(i: int, top: str) -> dict:

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer
 
-from tests.test_sources import write_archive
-from worker.alerts import AlertDecoder
+from tests.decode.test_sources import write_archive
 from worker.cli import main
-from worker.metrics import jd_to_unix
-from worker.packets import object_id_for, synthetic_alert
-from worker.replay import Pacer, make_producer, replay
-from worker.sources import Payload
+from worker.decode.alerts import AlertDecoder
+from worker.decode.packets import object_id_for, synthetic_alert
+from worker.decode.sources import Payload
+from worker.stream.metrics import jd_to_unix
+from worker.tools.replay import Pacer, make_producer, replay
 
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:

@@ -24,10 +24,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.test_pipeline import _start_cli, committed, produce, write_config
-from tests.test_model import _artifact
+from tests.model.test_artifact import _artifact
 from training.models import build_rotinv
-from worker.output import decode_labels
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
+from worker.stream.output import decode_labels
 
 # Generous bounds for what a restart should take once the new process is up, far below
 # the timeouts that a crash without a stable identity waits out (set in each test).

@@ -27,8 +27,8 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.net import free_port
-from worker import devbroker
-from worker.packets import synthetic_alert
+from worker.decode.packets import synthetic_alert
+from worker.tools import devbroker
 
 ALERTS = 12
 USER = "stamp-classifier"

@@ -90,7 +90,7 @@ from training.simulator.statistics import (
     measure_real_statistics,
     stamp_statistics,
 )
-from worker.model import CLASS_NAMES  # label = index
+from worker.model.artifact import CLASS_NAMES  # label = index
 
 __all__ = [
     "AGN", "ASTEROID", "BOGUS", "BOGUS_KINDS", "CENTRE", "CLASS_NAMES",

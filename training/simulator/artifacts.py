@@ -206,7 +206,7 @@ def _quadrant_position(rng: np.random.Generator, band: np.ndarray
 
     A band of ``w`` columns on the low-x side of the stamp means the quadrant starts
     ``w`` columns left of the stamp: xpos = 31.5 - w puts exactly those columns off the
-    CCD (:func:`worker.stamps.place_on_grid` pads a clipped stamp the same way).
+    CCD (:func:`worker.prepare.stamps.place_on_grid` pads a clipped stamp the same way).
     """
     m = len(band)
     ny, nx = QUADRANT_SHAPE

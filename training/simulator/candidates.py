@@ -2,7 +2,7 @@
 
 The PSF photometry of the simulated difference stamp (:func:`_photometry`), every
 candidate field consistent with the class and the scene (:func:`_candidate_fields`),
-the fields as the dicts of :func:`worker.packets.default_candidate` (:func:`_records`)
+the fields as the dicts of :func:`worker.decode.packets.default_candidate` (:func:`_records`)
 and ZTF-style Avro containers of whole alerts (:func:`to_alert_payloads`).
 """
 
@@ -27,7 +27,7 @@ from training.simulator.constants import (
 )
 from training.simulator.profiles import _col, _mag, _psf_fit
 from training.simulator.scene import _Catalogue
-from worker.packets import build_record, default_candidate, encode_container, object_id_for
+from worker.decode.packets import build_record, default_candidate, encode_container, object_id_for
 
 if TYPE_CHECKING:
     from training.simulator.simulation import SimulatedStamps
@@ -157,7 +157,7 @@ _STR_FIELDS = frozenset({"isdiffpos", "ssnamenr"})
 
 
 def _records(fields: dict[str, np.ndarray]) -> list[dict]:
-    """Candidate dicts: the keys of :func:`worker.packets.default_candidate`, in order."""
+    """Candidate dicts: the keys of :func:`worker.decode.packets.default_candidate`, in order."""
     keys = list(default_candidate(0, 0.0).keys())
     missing = [key for key in keys if key not in fields]
     if missing:
@@ -194,7 +194,7 @@ def to_alert_payloads(sim: SimulatedStamps, first_id: int = 0) -> list[bytes]:
     list[bytes]
         Avro object containers (synthetic ZTF schema, stamps as gzipped float32 FITS),
         byte-identical for identical input, decodable by
-        :class:`worker.alerts.AlertDecoder`.
+        :class:`worker.decode.alerts.AlertDecoder`.
     """
     payloads = []
     for i, candidate in enumerate(sim.candidates):

@@ -38,7 +38,7 @@ _MAG_PER_SNR = 2.5 / math.log(10.0)    # σ_mag = 1.0857 / SNR
 # Measured on the real alerts of ../shared/data with measure_real_statistics(): 414
 # decodable alerts with three 63×63 cutouts (one per candid), background statistics over
 # the medians of 194 exposures (jd, fid) so that fields with many alerts count once.
-# Re-measured and compared by tests/test_simulator.py when the data is present.
+# Re-measured and compared by tests/training/test_simulator.py when the data is present.
 MEASURED: dict[str, float] = {
     # Science sky: log10 of the stamp median [DN]: median and half the 16-84 % range.
     "sky_log10_median": 2.203,                 # 160 DN
@@ -118,7 +118,7 @@ JD_RANGE = (2458484.5, 2461041.5)      # 2019-01-01 to 2026-01-01
 PS1_DEPTH = 23.3                       # PS1 3π 5σ depth [mag]: faintest catalogue neighbour
 
 # Derived simulation parameters, chosen so that simulated stamps measured with
-# stamp_statistics reproduce MEASURED (checked by tests/test_simulator.py).
+# stamp_statistics reproduce MEASURED (checked by tests/training/test_simulator.py).
 SEEING_FWHM = 2.00                     # median Moffat FWHM of the science PSF [pixels]
 SEEING_SPREAD = 0.30                   # its ln spread
 TEMPLATE_FWHM = 2.17                   # median Moffat FWHM of the template PSF [pixels]

@@ -38,10 +38,10 @@ from training.simulator.constants import (
     ZERO_POINT,
 )
 from training.simulator.profiles import _moffat_alpha, _moffat_neff
+from worker.model.artifact import CLASS_NAMES  # label = index
 
 # The rotations the metadata features use, so simulated coordinates agree with them.
-from worker.features import EQUATORIAL_TO_ECLIPTIC, EQUATORIAL_TO_GALACTIC
-from worker.model import CLASS_NAMES  # label = index
+from worker.prepare.features import EQUATORIAL_TO_ECLIPTIC, EQUATORIAL_TO_GALACTIC
 
 # Assumptions (not measurable from the shared data), chosen from the ZTF literature.
 # Static sources never subtract perfectly: per-alert flux-scale, PSF-width and

@@ -36,7 +36,7 @@ from training.simulator.constants import (
 from training.simulator.profiles import _moffat, _psf_fit
 from training.simulator.scene import _Catalogue, _class_counts, _conditions, _Scene, _sky_positions
 from training.simulator.sources import _asteroids, _supernovae, _variable_stars_and_agn
-from worker.model import CLASS_NAMES  # label = index
+from worker.model.artifact import CLASS_NAMES  # label = index
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class SimulatedStamps:
     labels : numpy.ndarray
         (N,) int64 index into :data:`CLASS_NAMES`.
     candidates : list[dict]
-        Per alert, every field of :func:`worker.packets.default_candidate`, consistent
+        Per alert, every field of :func:`worker.decode.packets.default_candidate`, consistent
         with the class and the stamps.
     """
 

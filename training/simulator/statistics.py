@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from training.simulator.constants import _FWHM_PER_SIGMA, _MAG_PER_SNR, STAMP_SIZE
-from worker.stamps import decode_stamp
+from worker.prepare.stamps import decode_stamp
 
 _FIT_SIGMAS = np.linspace(0.4, 3.0, 131)  # Gaussian sigma grid of the PSF fits [pixels]
 _FIT_HALF = 7                             # fit window half-side [pixels]
@@ -241,8 +241,8 @@ def load_real_alerts(data_dir: str | Path) -> tuple[np.ndarray, list[dict[str, A
         cutouts (one per candid: broker re-writes of the same alert count once), and
         their candidate records.
     """
-    from worker.alerts import Alert, AlertDecoder
-    from worker.errors import AlertError
+    from worker.decode.alerts import Alert, AlertDecoder
+    from worker.decode.errors import AlertError
 
     decoder = AlertDecoder()
     seen: set[int] = set()

@@ -60,7 +60,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 The worker's configuration as the pod sees it: .Values.config with processes: 1, the
 metrics address, the security settings implied by kafkaAuth and the GPU device.
-Rendered as YAML; the ConfigMap holds it and the tests load it with worker.config.
+Rendered as YAML; the ConfigMap holds it and the tests load it with worker.stream.config.
 */}}
 {{- define "stamp-worker.workerConfig" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) }}

@@ -1,0 +1,1 @@
+"""The Kafka loop: configuration, cluster, consume → decode → infer → produce → commit, metrics."""

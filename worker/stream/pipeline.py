@@ -176,6 +176,10 @@ class Worker:
         # Offsets committed asynchronously since the last synchronous commit, which
         # repeats them: an asynchronous commit may still be in the air at a stop.
         self._committed_async: dict[tuple[str, int], int] = {}
+        # Offsets of delivered batches not committed yet: asynchronous commits go out at
+        # most every batch.commit_interval_ms (each is a write to __consumer_offsets).
+        self._delivered: dict[tuple[str, int], int] = {}
+        self._last_commit = time.monotonic()
         self._error_logged: dict[str, float] = {}  # consumer error kind → when logged
         self._cluster_down = False  # librdkafka said all brokers are down; not yet back
         self._fenced = False  # another live worker took this one's id: it stops
@@ -352,6 +356,7 @@ class Worker:
         self._in_flight = None
         self._unconfirmed.clear()
         self._committed_async.clear()
+        self._delivered = {}
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         self.metrics.rebalances.labels(kind="lost").inc()
         if not self._assigned:
@@ -604,7 +609,7 @@ class Worker:
                 if head.confirmed or head.errors or self._overdue(head):
                     break
                 self.producer.poll(0.05)
-        ready: dict[tuple[str, int], int] = dict(self._committed_async) if final else {}
+        ready = {**self._committed_async, **self._delivered} if final else self._delivered
         failure = ""
         while self._unconfirmed:
             offsets, pending = self._unconfirmed[0]
@@ -621,10 +626,16 @@ class Worker:
             self._unconfirmed.popleft()
         if failure:
             # The batches before it are delivered: commit them before stopping.
+            self._delivered = {}
             self._commit({**self._committed_async, **ready})
             raise DeliveryError(failure)
-        if ready:
-            self._commit(ready, asynchronous=not final)
+        if final:
+            self._delivered = {}
+            self._commit(ready)
+        elif ready and (time.monotonic() - self._last_commit
+                        >= self.config.batch.commit_interval_ms / 1000):
+            self._delivered = {}
+            self._commit(ready, asynchronous=True)
 
     def _overdue(self, pending: _Pending) -> bool:
         """A batch still waiting for delivery reports after the shutdown timeout."""
@@ -663,6 +674,7 @@ class Worker:
         partitions = _next_offsets(offsets)
         if not partitions:
             return
+        self._last_commit = time.monotonic()
         if asynchronous:
             self.consumer.commit(offsets=partitions, asynchronous=True)
             self._committed_async.update(offsets)

@@ -217,6 +217,31 @@ def test_commits_wait_for_the_interval_and_a_stop_commits_everything(
     assert worker.metrics.commits._value.get() == 1
 
 
+def test_an_idle_worker_commits_what_it_delivered_once_the_interval_passes(
+        kafka_bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path) -> None:
+    payloads = [synthetic_alert(seed) for seed in range(24)]
+    group = f"idle-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
+                                      model_dir, max_messages=8, commit_interval_ms=1500))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        consume_all(kafka_bootstrap, topics["output"], len(payloads))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = sum(max(o, 0) for o in committed(kafka_bootstrap, group,
+                                                      topics["input"], 3))
+            if done == len(payloads):
+                break
+            time.sleep(0.5)
+        assert done == len(payloads)  # committed with no new message and no stop
+        assert thread.is_alive()
+    finally:
+        worker.request_stop()
+        thread.join(30)
+
+
 class FailingModel:
     """A model whose inference fails: the batch must not be committed."""
 

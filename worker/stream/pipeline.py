@@ -286,8 +286,9 @@ class Worker:
                 elif until_idle_s is not None and time.monotonic() - last_message >= until_idle_s:
                     log.info("no message for %g s: stopping (--until-idle)", until_idle_s)
                     self._stop.set()
-                if self._unconfirmed:
-                    # Idle or not, delivered batches get committed (this polls too).
+                if self._unconfirmed or self._delivered:
+                    # Idle or not, delivered batches get committed (this polls too),
+                    # once the commit interval has passed.
                     self._commit_delivered()
                 else:
                     self.producer.poll(0)

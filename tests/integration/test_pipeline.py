@@ -320,6 +320,24 @@ def test_a_failed_batch_commits_neither_itself_nor_the_batch_consumed_after_it(
     assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 40
 
 
+def test_a_message_larger_than_the_fetch_limits_still_comes_through(
+        kafka_bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path) -> None:
+    """Fetches are capped at 8 MiB (1 MiB per partition); a 12 MiB message is still
+    fetched whole and goes, byte for byte, to the dead-letter topic."""
+    big = np.random.default_rng(1).bytes(12 << 20)
+    payloads = ([synthetic_alert(seed) for seed in range(4)] + [big]
+                + [synthetic_alert(seed) for seed in range(4, 8)])
+    group = f"large-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topics["input"], payloads)
+    worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
+                                      model_dir))
+    run_until_committed(worker, kafka_bootstrap, group, topics["input"], 3, len(payloads))
+    dead = consume_all(kafka_bootstrap, topics["dlq"], 1)
+    assert [m.value() == big for m in dead] == [True]
+    labels = consume_all(kafka_bootstrap, topics["output"], 8)
+    assert len({r["candid"] for m in labels for r in decode_labels(m.value())}) == 8
+
+
 def test_a_failed_delivery_commits_nothing_from_its_batch_on(
         kafka_bootstrap: str, topic_factory, model_dir: Path, tmp_path: Path) -> None:
     """At-least-once: the dead letter of a 2 MB message exceeds the dead-letter topic's

@@ -188,8 +188,13 @@ class Worker:
             "session.timeout.ms": 45000,
             "auto.offset.reset": "earliest",
             "statistics.interval.ms": 5000,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            # A fetch response is held whole while librdkafka splits it into messages:
+            # responses of up to 64 MiB (16 MiB per partition) took a process's peak to
+            # 359 MiB, 8 MiB (1 MiB per partition) to 265 MiB, at the same drain rate
+            # (bench_memory.py; README, Performance).  Larger messages still come: a
+            # first batch larger than these limits is returned whole (KIP-74).
+            "fetch.max.bytes": 8 * 1024 * 1024,
+            "max.partition.fetch.bytes": 1024 * 1024,
             # librdkafka's pre-fetch queue stays at its default, 64 MiB (~900 alerts): at
             # 16 or 32 MiB the fetcher waited (fetch.queue.backoff.ms) and one process
             # drained 742-799 alerts/s instead of 1,152 (bench_e2e.py; README, Performance).

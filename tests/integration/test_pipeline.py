@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -192,25 +194,38 @@ def test_every_alert_is_labelled_or_dead_lettered(kafka_bootstrap: str, topics: 
     assert {c: n for c, n in predicted.items() if n} == Counter(r["top_class"] for r in records)
 
 
-def test_commits_wait_for_the_interval_and_a_stop_commits_everything(
-        kafka_bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path) -> None:
-    payloads = [synthetic_alert(seed) for seed in range(48)]
+@contextlib.contextmanager
+def running_with_interval(bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path,
+                          alerts: int, commit_interval_ms: int) -> Iterator[tuple]:
+    """``(worker, group, payloads)``: ``alerts`` built alerts produced and a worker on them,
+    in batches of 8 and commits at most every ``commit_interval_ms``, running in a thread
+    until the block ends (then stopped as SIGTERM would)."""
+    payloads = [synthetic_alert(seed) for seed in range(alerts)]
     group = f"interval-{uuid.uuid4().hex[:8]}"
-    produce(kafka_bootstrap, topics["input"], payloads)
-    worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
-                                      model_dir, max_messages=8, commit_interval_ms=60000))
+    produce(bootstrap, topics["input"], payloads)
+    worker = make_worker(write_config(tmp_path / "w.yaml", bootstrap, topics, group,
+                                      model_dir, max_messages=8,
+                                      commit_interval_ms=commit_interval_ms))
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
+        yield worker, group, payloads
+        assert thread.is_alive()
+    finally:
+        worker.request_stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_commits_wait_for_the_interval_and_a_stop_commits_everything(
+        kafka_bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path) -> None:
+    with running_with_interval(kafka_bootstrap, topics, model_dir, tmp_path, 48,
+                               60000) as (worker, group, payloads):
         # Six batches labelled and delivered, and none committed: the interval holds.
         consume_all(kafka_bootstrap, topics["output"], len(payloads))
         time.sleep(1)  # delivery reports in, and an idle turn or two of the loop
         assert all(o < 0 for o in committed(kafka_bootstrap, group, topics["input"], 3))
         assert worker.metrics.commits._value.get() == 0
-    finally:
-        worker.request_stop()
-        thread.join(30)
-    assert not thread.is_alive()
     # The stop committed everything delivered, in one commit.
     assert sum(max(o, 0) for o in committed(kafka_bootstrap, group, topics["input"], 3)) \
         == len(payloads)
@@ -219,14 +234,8 @@ def test_commits_wait_for_the_interval_and_a_stop_commits_everything(
 
 def test_an_idle_worker_commits_what_it_delivered_once_the_interval_passes(
         kafka_bootstrap: str, topics: dict, model_dir: Path, tmp_path: Path) -> None:
-    payloads = [synthetic_alert(seed) for seed in range(24)]
-    group = f"idle-{uuid.uuid4().hex[:8]}"
-    produce(kafka_bootstrap, topics["input"], payloads)
-    worker = make_worker(write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group,
-                                      model_dir, max_messages=8, commit_interval_ms=1500))
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
+    with running_with_interval(kafka_bootstrap, topics, model_dir, tmp_path, 24,
+                               1500) as (_, group, payloads):
         consume_all(kafka_bootstrap, topics["output"], len(payloads))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -236,10 +245,6 @@ def test_an_idle_worker_commits_what_it_delivered_once_the_interval_passes(
                 break
             time.sleep(0.5)
         assert done == len(payloads)  # committed with no new message and no stop
-        assert thread.is_alive()
-    finally:
-        worker.request_stop()
-        thread.join(30)
 
 
 class FailingModel:

@@ -615,7 +615,6 @@ class Worker:
                 if head.confirmed or head.errors or self._overdue(head):
                     break
                 self.producer.poll(0.05)
-        ready = {**self._committed_async, **self._delivered} if final else self._delivered
         failure = ""
         while self._unconfirmed:
             offsets, pending = self._unconfirmed[0]
@@ -628,19 +627,22 @@ class Worker:
             if failure or not pending.confirmed:
                 break
             for key, offset in offsets.items():
-                ready[key] = max(ready.get(key, -1), offset)
+                self._delivered[key] = max(self._delivered.get(key, -1), offset)
             self._unconfirmed.popleft()
-        if failure:
-            # The batches before it are delivered: commit them before stopping.
-            self._delivered = {}
-            self._commit({**self._committed_async, **ready})
-            raise DeliveryError(failure)
-        if final:
+        if failure or final:
+            # Synchronously, repeating the asynchronous commits that may still be in the
+            # air; after a failure, the batches before it are delivered: commit them
+            # before stopping.
+            ready = dict(self._committed_async)
+            for key, offset in self._delivered.items():
+                ready[key] = max(ready.get(key, -1), offset)
             self._delivered = {}
             self._commit(ready)
-        elif ready and (time.monotonic() - self._last_commit
-                        >= self.config.batch.commit_interval_ms / 1000):
-            self._delivered = {}
+            if failure:
+                raise DeliveryError(failure)
+        elif self._delivered and (time.monotonic() - self._last_commit
+                                  >= self.config.batch.commit_interval_ms / 1000):
+            ready, self._delivered = self._delivered, {}
             self._commit(ready, asynchronous=True)
 
     def _overdue(self, pending: _Pending) -> bool:

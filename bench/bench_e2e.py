@@ -200,6 +200,14 @@ def collect(consumer: Consumer, expected: int, timeout: float,
     return arrivals
 
 
+def cpu_groups(procs: list[subprocess.Popen], broker_pid: int | None) -> dict:
+    """The process groups whose CPU time a :class:`CpuSampler` reads: the worker commands
+    in ``procs`` (filled in later is fine) with their children, the broker, this script."""
+    return {"worker": lambda: [q for p in procs for q in (p.pid, *children(p.pid))],
+            "broker": lambda: [broker_pid] if broker_pid else [],
+            "benchmark": lambda: [os.getpid()]}
+
+
 def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog: int,
                workdir: Path, max_messages: int, workers: int, broker_pid: int | None
                ) -> dict:
@@ -227,9 +235,7 @@ def throughput(bootstrap: str, admin: AdminClient, alerts: list[bytes], backlog:
         received.append(message.value())  # decoded after the run: no CPU taken from it
 
     procs: list[subprocess.Popen] = []
-    groups = {"worker": lambda: [q for p in procs for q in (p.pid, *children(p.pid))],
-              "broker": lambda: [broker_pid] if broker_pid else [],
-              "benchmark": lambda: [os.getpid()]}
+    groups = cpu_groups(procs, broker_pid)
     expected = expected_labels(labels_per_message(alerts), backlog)
     try:
         with CpuSampler(groups) as sampler:
@@ -309,9 +315,7 @@ def latency(bootstrap: str, admin: AdminClient, alerts: list[bytes], rate: float
         producer.flush(60)
         done.set()
 
-    groups = {"worker": lambda: [q for p in procs for q in (p.pid, *children(p.pid))],
-              "broker": lambda: [broker_pid] if broker_pid else [],
-              "benchmark": lambda: [os.getpid()]}
+    groups = cpu_groups(procs, broker_pid)
     thread = threading.Thread(target=offer, daemon=True)
     try:
         with CpuSampler(groups) as sampler:

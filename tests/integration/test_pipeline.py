@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import signal
 import socket
@@ -107,11 +108,19 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
     return [tp.offset for tp in result]
 
 
+#: Consumer settings for tests that kill a worker: the restarted one waits for the killed
+#: member's session to expire, so the shortest the broker allows (its
+#: ``group.min.session.timeout.ms``) rather than librdkafka's 45 s.
+SHORT_SESSION = {"session.timeout.ms": 6000}
+
+
 def write_config(path: Path, bootstrap: str, topics: dict[str, str], group: str,
                  model_dir: Path, decode_processes: int = 0, max_messages: int = 64,
-                 commit_interval_ms: int = 0, **extra: str) -> Path:
+                 commit_interval_ms: int = 0, consumer: dict[str, int] | None = None,
+                 **extra: str) -> Path:
     lines = [
         "kafka:", f"  bootstrap_servers: '{bootstrap}'",
+        *([f"  consumer: {json.dumps(consumer)}"] if consumer else []),
         "topics:", f"  input: [{topics['input']}]", f"  output: {topics['output']}",
         f"  dead_letter: {topics['dlq']}",
         f"group_id: {group}",
@@ -492,7 +501,10 @@ def test_stopped_worker_loses_nothing(kafka_bootstrap: str, topics: dict, model_
     payloads = [synthetic_alert(seed) for seed in range(400)]
     group = f"worker-{uuid.uuid4().hex[:8]}"
     produce(kafka_bootstrap, topics["input"], payloads)
-    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir)
+    # The restarted worker gets the killed one's partitions once its session expires:
+    # the shortest session the broker allows, not the default 45 s.
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          consumer=SHORT_SESSION if sig == signal.SIGKILL else None)
     proc = _start_cli(config)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # stop it mid-run, once some batches are committed
@@ -616,6 +628,7 @@ def test_two_processes_share_the_partitions_and_stop_together(
     group = f"worker-{uuid.uuid4().hex[:8]}"
     port = _free_ports(2)
     config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          consumer=SHORT_SESSION if stop == "one_killed" else None,
                           metrics_port=port, processes="2")
     proc = _start_cli(config)
     try:

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per stage")
     parser.add_argument("--batch", type=int, default=256, help="the worker's batch size")
     parser.add_argument("--model", help="model artifact (default: the bundled model)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "onnx", "keras", "jax"),
+    parser.add_argument("--backend", default="auto",
+                        choices=("auto", "onnx", "onnx-int8", "keras", "jax"),
                         help="the worker's model backend (default auto, as the worker); "
                         "the reference always runs Keras on TensorFlow")
     args = parser.parse_args(argv)

@@ -71,6 +71,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from worker.decode.alerts import Alert, AlertDecoder
 from worker.decode.errors import AlertError
+from worker.model.artifact import BACKENDS
 from worker.prepare.stamps import prepare_alert
 from worker.stream.output import decode_labels
 
@@ -116,6 +117,7 @@ def make_topics(admin: AdminClient) -> dict[str, str]:
 DECODE_PROCESSES = 0  # set from --decode-processes
 PROCESSES = 1  # set from --processes
 MODEL_PATH: Path | None = None  # set from --model
+BACKEND = "auto"  # set from --backend
 STARTUP_S: list[float] = []  # start of each `stamp-worker run` → every process ready [s]
 
 
@@ -139,6 +141,7 @@ def start_worker(bootstrap: str, topics: dict[str, str], workdir: Path,
         f"batch:\n  max_messages: {max_messages}\n  max_wait_ms: {max_wait_ms}\n"
         f"  decode_processes: {DECODE_PROCESSES}\n"
         f"processes: {PROCESSES}\n"
+        f"model_backend: {BACKEND}\n"
         f"metrics:\n  port: {port}\n"
         + (f"model_path: '{MODEL_PATH.resolve()}'\n" if MODEL_PATH else ""))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -362,6 +365,8 @@ def main() -> int:
                              "each alert in a request of its own)")
     parser.add_argument("--decode-processes", type=int, default=0,
                         help="batch.decode_processes of each worker")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="model_backend of each worker (onnx-int8: the 8-bit model)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model artifact directory (default: the bundled one)")
     parser.add_argument("--workers", type=int, default=1,
@@ -373,7 +378,8 @@ def main() -> int:
                         help="partitions of the input topic (a multiple of --workers "
                              "shares the backlog evenly)")
     args = parser.parse_args()
-    global DECODE_PROCESSES, MODEL_PATH, PARTITIONS, PROCESSES
+    global BACKEND, DECODE_PROCESSES, MODEL_PATH, PARTITIONS, PROCESSES
+    BACKEND = args.backend
     PARTITIONS = args.partitions
     PROCESSES = args.processes
     if PARTITIONS % (args.processes * args.workers):
@@ -402,7 +408,8 @@ def main() -> int:
           f"{described}; {args.workers} command(s) of {args.processes} worker process(es) "
           f"with {args.decode_processes} decode helper(s), {PARTITIONS} input partitions, "
           f"batch ≤ {args.max_messages} messages / {args.max_wait_ms} ms; offering "
-          f"producer linger.ms {args.producer_linger_ms:g}; model: {args.model or 'bundled'}")
+          f"producer linger.ms {args.producer_linger_ms:g}; model: {args.model or 'bundled'} "
+          f"({args.backend} backend)")
     if warmup is not None:
         print(f"warm-up drain of {args.warmup} alerts (not counted below): "
               f"{warmup['rate']:,.0f} alerts/s")

@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--decode-processes", type=int, nargs="+", default=[0, 2],
                         help="batch.decode_processes values to measure (default 0 2)")
     parser.add_argument("--model", help="model artifact (default: the bundled model)")
-    parser.add_argument("--backend", nargs="+", choices=("keras", "onnx"),
+    parser.add_argument("--backend", nargs="+", choices=("keras", "onnx", "onnx-int8"),
                         default=["keras", "onnx"],
                         help="model_backend values to measure (default keras onnx)")
     parser.add_argument("--data", type=Path, help="data folder (default ../shared/data)")

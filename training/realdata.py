@@ -77,6 +77,15 @@ class Labels:
         return len(self.by_candid) + len(self.by_object)
 
 
+class _EveryAlert(Labels):
+    """Labels that take every alert, with a placeholder label (class 0, no tier)."""
+
+    _ROW = LabelRow(0, "", "", 0)
+
+    def lookup(self, candid: int, object_id: str) -> LabelRow | None:
+        return self._ROW
+
+
 def read_labels(path: str | Path) -> Labels:
     """Read a labels CSV (see the module docstring for its columns).
 
@@ -228,7 +237,7 @@ def build_dataset(payloads: Iterable[Payload], labels: Labels,
         tiers=np.array([r[4] for r in rows]), sources=np.array([r[5] for r in rows]))
 
 
-def dataset_from_alerts(paths: Sequence[str | Path], labels_csv: str | Path,
+def dataset_from_alerts(paths: Sequence[str | Path], labels_csv: str | Path | None,
                         on_unreadable: Callable[[str, str], None] | None = None,
                         report: BuildReport | None = None) -> StampDataset:
     """Read alert inputs and a labels CSV into a dataset (the ``stamp-train dataset`` core).
@@ -237,8 +246,9 @@ def dataset_from_alerts(paths: Sequence[str | Path], labels_csv: str | Path,
     ----------
     paths : sequence of str or Path
         Alert files, folders, tar archives or Parquet tables.
-    labels_csv : str or Path
-        The labels CSV.
+    labels_csv : str or Path or None
+        The labels CSV.  None: every alert is taken, with a placeholder label (class 0)
+        — for uses that need no labels (calibrating ``stamp-train quantize``).
     on_unreadable : callable, optional
         ``on_unreadable(origin, message)`` for an input that cannot be read (a corrupt
         archive); reading goes on.  Default: such inputs are added to ``report.refused``.
@@ -251,7 +261,8 @@ def dataset_from_alerts(paths: Sequence[str | Path], labels_csv: str | Path,
         A path or the labels file is missing, or the labels CSV is malformed.
     """
     report = report if report is not None else BuildReport()
-    labels = read_labels(labels_csv)  # checked before any alert is read
+    # Checked before any alert is read.
+    labels = read_labels(labels_csv) if labels_csv is not None else _EveryAlert()
     try:
         files = expand_paths(paths)
     except SourceError as exc:

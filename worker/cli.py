@@ -368,7 +368,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                    help="alerts per model call")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="what runs the model: onnx (ONNX Runtime, no TensorFlow), keras "
+                   help="what runs the model: onnx (ONNX Runtime, no TensorFlow), onnx-int8 "
+                   "(ONNX Runtime on the artifact's 8-bit model.int8.onnx, CPU), keras "
                    "(Keras on TensorFlow), jax (Keras on JAX), or auto (default: onnx when "
                    "the artifact has model.onnx)")
     p.add_argument("--device", choices=DEVICES, default="cpu",

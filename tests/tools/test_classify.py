@@ -162,6 +162,15 @@ def test_cli_backend_option(model_dir: Path, tmp_path: Path, capsys) -> None:
     assert out["keras"]["top_class"] == out["onnx"]["top_class"]
     assert out["keras"]["probabilities"] == pytest.approx(out["onnx"]["probabilities"],
                                                           abs=1e-5)
+    # The bundled 8-bit model: labels say so in model_version.
+    assert main(["classify", str(alert), "--backend", "onnx-int8", "-q"]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    assert int8["model_version"] == out["onnx"]["model_version"] + "+int8"
+    assert int8["probabilities"] == pytest.approx(out["onnx"]["probabilities"], abs=0.05)
+    assert main(["classify", str(alert), "--model", str(model_dir), "--backend",
+                 "onnx-int8"]) == 2
+    err = capsys.readouterr().err
+    assert "stamp-train quantize" in err and len(err.splitlines()) == 1
 
 
 def test_cli_prints_no_tensorflow_notices(model_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ An artifact directory holds::
     model.keras      the Keras 3 model (custom layers from worker.model.layers only)
     model.onnx       optional: the same model in ONNX (``stamp-train export-onnx``),
                      listed in the manifest's ``onnx`` entry with its SHA-256
+    model.int8.onnx  optional: an 8-bit copy of model.onnx (``stamp-train quantize``),
+                     listed in the ``onnx_int8`` entry with what its check measured
     manifest.json    name, version, class names in order, preprocessing version and
                      parameters, model inputs, feature names and their encoding
                      (standardization statistics, log scales, missing-value
@@ -16,12 +18,14 @@ unsafe deserialization (Keras safe mode stays on).  :meth:`StampModel.predict` t
 preprocessed images and *raw* feature vectors, encodes the features as the manifest
 says (:class:`worker.prepare.features.FeatureEncoding`) and returns probabilities.
 
-Three backends run the model: ``keras`` (Keras 3, so the same artifact runs with
+Four backends run the model: ``keras`` (Keras 3, so the same artifact runs with
 ``KERAS_BACKEND`` set to ``tensorflow`` or ``jax``), ``jax`` (Keras on JAX, whatever
-``KERAS_BACKEND`` says: on the CPU or, with JAX's CUDA plugin, on a GPU) and ``onnx``
+``KERAS_BACKEND`` says: on the CPU or, with JAX's CUDA plugin, on a GPU), ``onnx``
 (ONNX Runtime on ``model.onnx``; neither TensorFlow nor Keras is imported, which saves
-about 0.7 GB of resident memory and 3 s of start-up per process).  ``auto`` picks
-``onnx`` when the artifact has a listed ``model.onnx`` and ``keras`` otherwise.
+about 0.7 GB of resident memory and 3 s of start-up per process) and ``onnx-int8``
+(ONNX Runtime on ``model.int8.onnx``, on the CPU: about half the model's CPU time, with
+slightly different probabilities).  ``auto`` picks ``onnx`` when the artifact has a
+listed ``model.onnx`` and ``keras`` otherwise.
 
 Keras compiles the model again for every new batch shape (JAX's ``jit`` and
 TensorFlow's tracing alike), so the Keras backends pad each batch to a power of two
@@ -55,10 +59,12 @@ CLASS_NAMES: tuple[str, ...] = ("AGN", "SN", "VS", "asteroid", "bogus")
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
 MANIFEST_FORMAT = 1
 #: Model backends: ``auto`` is ``onnx`` when the artifact lists a ``model.onnx``;
-#: ``jax`` is Keras on JAX.
-BACKENDS: tuple[str, ...] = ("auto", "onnx", "keras", "jax")
+#: ``jax`` is Keras on JAX; ``onnx-int8`` is ONNX Runtime on the artifact's 8-bit copy
+#: of its ONNX model (``stamp-train quantize``), on the CPU.
+BACKENDS: tuple[str, ...] = ("auto", "onnx", "onnx-int8", "keras", "jax")
 #: Where the ``onnx`` and ``jax`` backends run the model: ``cuda`` and ``gpu`` both name
 #: an NVIDIA GPU (ONNX Runtime's CUDA provider, JAX's CUDA plugin); ``auto`` is the GPU
 #: when one is usable, else the CPU.  Keras on TensorFlow (``keras``) runs on the CPU.
@@ -395,8 +401,12 @@ class StampModel:
 
     @property
     def version(self) -> str:
-        """Artifact version from the manifest."""
-        return self.manifest.version
+        """Artifact version from the manifest (``+int8`` appended for the 8-bit model).
+
+        Every label carries it, so a consumer knows which probabilities it holds.
+        """
+        suffix = "+int8" if self.backend == "onnx-int8" else ""
+        return self.manifest.version + suffix
 
     @classmethod
     def load(cls, path: str | Path | None = None, warm_up: bool = True,
@@ -411,8 +421,9 @@ class StampModel:
             optionally ``model.onnx``).
         warm_up : bool
             Run one prediction so the first real batch does not pay for tracing.
-        backend : {"auto", "onnx", "keras", "jax"}
+        backend : {"auto", "onnx", "onnx-int8", "keras", "jax"}
             ``auto``: ONNX Runtime when the manifest lists a ``model.onnx``, else Keras.
+            ``onnx-int8``: ONNX Runtime on the 8-bit ``model.int8.onnx``, CPU only.
             ``jax``: Keras on JAX (:func:`use_jax` runs first; Keras must not have been
             imported on another backend in this process).
         device : {"cpu", "gpu", "cuda", "auto"}
@@ -453,6 +464,13 @@ class StampModel:
             backend = "onnx" if isinstance(onnx_entry, dict) else "keras"
         if backend == "onnx":
             stamp_model = cls._load_onnx(path, manifest, onnx_entry, device, threads)
+        elif backend == "onnx-int8":
+            # ONNX Runtime's CUDA provider runs few of the 8-bit operators: a GPU would
+            # spend its time copying between the devices.
+            if device in ("gpu", "cuda"):
+                raise ModelError("backend onnx-int8 runs on the CPU; on a GPU use onnx or jax")
+            stamp_model = cls._load_onnx(path, manifest, data.get("onnx_int8"), "cpu",
+                                         threads, int8=True)
         elif backend == "jax":
             stamp_model = cls._load_jax(path, manifest, device, memory_fraction)
         else:
@@ -464,19 +482,22 @@ class StampModel:
 
     @classmethod
     def _load_onnx(cls, path: Path, manifest: Manifest, entry: Any, device: str,
-                   threads: int) -> StampModel:
-        """The ONNX Runtime backend (imports neither TensorFlow nor Keras)."""
+                   threads: int, int8: bool = False) -> StampModel:
+        """The ONNX Runtime backends (import neither TensorFlow nor Keras)."""
+        if int8:
+            what, make = "8-bit ONNX model", (f"`stamp-train quantize {path} --alerts PATH`; "
+                                              "or use backend onnx")
+        else:
+            what, make = "ONNX model", f"`stamp-train export-onnx {path}`; or use backend keras"
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise ModelError(f"{path / MANIFEST}: lists no ONNX model; make one with "
-                             f"`stamp-train export-onnx {path}` or use backend keras")
+            raise ModelError(f"{path / MANIFEST}: lists no {what}; make one with {make}")
         onnx_path = path / Path(entry["file"]).name
         if not onnx_path.is_file():
-            raise ModelError(f"{onnx_path}: missing; run `stamp-train export-onnx {path}` "
-                             "or use backend keras")
+            raise ModelError(f"{onnx_path}: missing; make it again with {make}")
         blob = onnx_path.read_bytes()
         if entry.get("sha256") != hashlib.sha256(blob).hexdigest():
-            raise ModelError(f"{onnx_path}: SHA-256 differs from the manifest's; export it "
-                             f"again with `stamp-train export-onnx {path}`")
+            raise ModelError(f"{onnx_path}: SHA-256 differs from the manifest's; make it "
+                             f"again with {make}")
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -504,7 +525,7 @@ class StampModel:
                              f"features, the manifest's encoding gives "
                              f"{manifest.features.width}")
         cuda = session.get_providers()[0] == "CUDAExecutionProvider"
-        return cls(_OnnxRunner(session), manifest, path, backend="onnx",
+        return cls(_OnnxRunner(session), manifest, path, backend="onnx-int8" if int8 else "onnx",
                    device="cuda" if cuda else "cpu",
                    max_rows=MAX_MODEL_BATCH if cuda else ONNX_CPU_ROWS)
 

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import background_build
 from worker.stream.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +56,12 @@ def _find_helm() -> str | None:
 
 @pytest.fixture(scope="module")
 def helm() -> str:
+    built = background_build("helm")
+    if built is not None and built[0] != 0:
+        pytest.skip(f"helm could not be built (status {built[0]}); the end of its log:\n"
+                    f"{built[1]}")
     path = _find_helm()
-    if path is None:
+    if path is None or not os.access(path, os.X_OK):
         pytest.skip("helm not found: run deploy/helm/install-helm.sh (builds helm v3 from the "
                     "Go module proxy; .ci/run does), or set $HELM / put helm on PATH")
     return path

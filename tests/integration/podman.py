@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, background_build
 
 # A first build of the image on a loaded 2-core machine; the measured times are far below.
 BUILD_TIMEOUT_S = 1500.0
@@ -59,7 +59,12 @@ def run_options() -> list[str]:
 
 
 def build_image() -> str:
-    """The worker image's name, built by deploy/docker/build.sh or kept by its hash."""
+    """The worker image's name, built by deploy/docker/build.sh or kept by its hash.
+
+    Where ``.ci/run`` builds it beside the tests, that build is awaited first (build.sh
+    then finds the image by its hash).
+    """
+    background_build("image")
     start = time.monotonic()
     result = subprocess.run([str(REPO / "deploy/docker/build.sh")], capture_output=True,
                             text=True, timeout=BUILD_TIMEOUT_S, check=False)

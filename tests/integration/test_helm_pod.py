@@ -30,7 +30,15 @@ import pytest
 from confluent_kafka import Consumer
 
 from tests.conftest import REPO
-from tests.deploy.test_helm import CHART, _find_helm, by_kind, container, render, workload
+from tests.deploy.test_helm import (
+    CHART,
+    _find_helm,
+    by_kind,
+    container,
+    helm,  # noqa: F401  (fixture)
+    render,
+    workload,
+)
 from tests.integration.net import free_port, http_get
 from tests.integration.podman import build_image, missing, podman, run_options
 from worker.decode.packets import synthetic_alert
@@ -144,8 +152,8 @@ def pod_options(objects: list[dict[str, Any]], secret_data: dict[tuple[str, str]
 
 
 def test_the_rendered_pod_runs_labels_and_drains_within_its_grace_period(
-        image: str, broker: tuple[devbroker.Broker, str], tmp_path: Path,
-        container_name: str) -> None:
+        helm: str, image: str, broker: tuple[devbroker.Broker, str],  # noqa: F811
+        tmp_path: Path, container_name: str) -> None:
     kafka, password = broker
     assert kafka.sasl_ssl_bootstrap_servers is not None
     suffix = uuid.uuid4().hex[:10]
@@ -153,8 +161,6 @@ def test_the_rendered_pod_runs_labels_and_drains_within_its_grace_period(
               "dead_letter": f"helm-dead-{suffix}"}
     group = f"helm-worker-{suffix}"
     port = free_port()
-    helm = _find_helm()
-    assert helm is not None
     objects = render(
         helm, "-f", str(CHART / "ci" / "static-membership-values.yaml"),
         "--set", f"config.kafka.bootstrap_servers={kafka.sasl_ssl_bootstrap_servers}",

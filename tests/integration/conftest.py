@@ -21,6 +21,26 @@ from worker.tools.topics import TopicSpec, ensure_topics
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained rotation-invariant artifact, with its ``model.onnx``.
+
+    Worker processes serve it with ONNX Runtime: one that loads Keras and TensorFlow
+    instead spends about 8 s of CPU starting, and the tests start dozens.
+    """
+    import keras
+
+    from tests.model.test_artifact import _artifact
+    from training.models import build_rotinv
+    from training.onnx_export import export_onnx
+
+    keras.utils.set_random_seed(0)
+    folder = _artifact(tmp_path_factory.mktemp("model") / "rotinv", build_rotinv(),
+                       ["image", "features"])
+    export_onnx(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``bootstrap.servers`` of a running broker."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

@@ -14,7 +14,6 @@ from tests.integration.test_pipeline import (
     consume_all,
     expected_outcome,
     make_worker,
-    model_dir,  # noqa: F401  (fixture)
     run_until_committed,
     sample_payloads,
     topics,  # noqa: F401  (fixture)
@@ -29,7 +28,7 @@ from worker.tools.replay import Pacer, make_producer, replay
 
 
 def test_classify_and_the_worker_give_the_same_labels(kafka_bootstrap: str, topics: dict,  # noqa: F811
-                                                      model_dir: Path,  # noqa: F811
+                                                      model_dir: Path,
                                                       tmp_path: Path) -> None:
     payloads = [Payload(str(i), data) for i, data in enumerate(sample_payloads())]
     candids, _ = expected_outcome([p.data for p in payloads])

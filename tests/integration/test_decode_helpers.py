@@ -9,26 +9,14 @@ import time
 import uuid
 from pathlib import Path
 
-import keras
-import pytest
-
 from tests.integration.test_pipeline import committed, produce, write_config
-from tests.model.test_artifact import _artifact
 from tests.stream.test_decodepool import (
     kill_survivors,
     needs_proc,
     process_children,
     wait_until_gone,
 )
-from training.models import build_rotinv
 from worker.decode.packets import synthetic_alert
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    keras.utils.set_random_seed(0)
-    return _artifact(tmp_path_factory.mktemp("model") / "rotinv", build_rotinv(),
-                     ["image", "features"])
 
 
 @needs_proc

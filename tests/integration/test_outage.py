@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_pipeline import make_worker, model_dir, write_config  # noqa: F401
+from tests.integration.test_pipeline import make_worker, write_config
 from worker.tools import devbroker
 from worker.tools.topics import TopicSpec, admin_client, ensure_topics
 
@@ -29,7 +29,7 @@ def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-u
 
 
 def test_all_brokers_down_is_shown_in_readyz_and_logged_briefly(
-        tmp_path: Path, model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        tmp_path: Path, model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     broker = devbroker.start(tmp_path / "kafka")
     port = broker.port
     address = broker.bootstrap_servers

@@ -18,15 +18,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import shared_data_dir
-from tests.model.test_artifact import _artifact
-from training.models import build_rotinv
 from worker.decode.alerts import Alert, AlertDecoder
 from worker.decode.errors import AlertError
 from worker.decode.packets import synthetic_alert
@@ -36,13 +33,6 @@ from worker.stream.config import load_config
 from worker.stream.metrics import HealthState, WorkerMetrics
 from worker.stream.output import decode_labels
 from worker.stream.pipeline import DeliveryError, Worker
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    keras.utils.set_random_seed(0)
-    return _artifact(tmp_path_factory.mktemp("model") / "rotinv", build_rotinv(),
-                     ["image", "features"])
 
 
 def sample_payloads() -> list[bytes]:

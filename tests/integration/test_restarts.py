@@ -19,13 +19,10 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import keras
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.test_pipeline import _start_cli, committed, produce, write_config
-from tests.model.test_artifact import _artifact
-from training.models import build_rotinv
 from worker.decode.packets import synthetic_alert
 from worker.stream.output import decode_labels
 
@@ -33,13 +30,6 @@ from worker.stream.output import decode_labels
 # the timeouts that a crash without a stable identity waits out (set in each test).
 REJOIN_BOUND_S = 15.0
 VISIBLE_BOUND_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    keras.utils.set_random_seed(0)
-    return _artifact(tmp_path_factory.mktemp("model") / "rotinv", build_rotinv(),
-                     ["image", "features"])
 
 
 class Running:

@@ -47,7 +47,7 @@ from worker.commandline import (
 from worker.decode.alerts import Alert, AlertDecoder
 from worker.decode.errors import AlertError
 from worker.decode.sources import SourceError, expand_paths, read_inputs
-from worker.model.artifact import BACKENDS, DEVICES
+from worker.model.artifact import BACKENDS, DEVICES, threads_per_process
 from worker.prepare.stamps import PreprocessConfig, prepare_alert
 
 
@@ -200,7 +200,8 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
         try:
             model = StampModel.load(config.model_path, backend=config.model_backend,
                                     device=config.model_device,
-                                    threads=config.model_threads,
+                                    threads=threads_per_process(config.model_threads,
+                                                                config.processes),
                                     memory_fraction=config.model_memory_fraction)
         except ModelError as exc:
             raise SystemExit(f"stamp-worker run: model: {exc}") from exc

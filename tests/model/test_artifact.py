@@ -314,3 +314,15 @@ def test_onnx_cuda_refused_without_onnxruntime_gpu(rotinv_onnx_dir: Path) -> Non
     with pytest.raises(ModelError, match="onnxruntime-gpu"):
         StampModel.load(rotinv_onnx_dir, device="cuda")
     assert StampModel.load(rotinv_onnx_dir, device="auto").backend == "onnx"  # falls back
+
+
+def test_threads_per_process_shares_the_cpus_between_processes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from worker.model.artifact import threads_per_process
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert threads_per_process(0, 1) == 0  # ONNX Runtime's default
+    assert [threads_per_process(0, n) for n in (2, 3, 8, 16)] == [4, 2, 1, 1]
+    assert threads_per_process(3, 2) == 3  # a configured number is kept

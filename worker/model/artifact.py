@@ -343,6 +343,33 @@ class _OnnxRunner:
         return self.session.run([self._output], {n: inputs[n] for n in self._inputs})[0]
 
 
+def threads_per_process(threads: int, processes: int) -> int:
+    """ONNX Runtime's threads per prediction in one of ``processes`` worker processes.
+
+    Parameters
+    ----------
+    threads : int
+        The configured ``model_threads``; a positive number is kept.
+    processes : int
+        Worker processes sharing the machine (``processes``).
+
+    Returns
+    -------
+    int
+        ``threads`` if positive; else 0 (ONNX Runtime's default: one per physical core)
+        for one process, and for several the CPUs this process may run on shared out
+        between them, at least 1.  Two processes on two cores, each with ONNX Runtime's
+        two threads, spent 1.4–1.8× the CPU per alert of one thread each on the 8-bit
+        model and 1.05–1.3× on the float one (README, Performance): the threads wait on
+        each other while the other process wants the core.
+    """
+    if threads > 0 or processes <= 1:
+        return threads
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1)
+    return max(1, cpus // processes)
+
+
 def onnx_providers(device: str) -> list[str]:
     """ONNX Runtime execution providers for ``device`` (``cpu``, ``cuda``/``gpu``, ``auto``).
 

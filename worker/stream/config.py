@@ -993,9 +993,10 @@ class WorkerConfig:
         usable GPU the worker stops with one line saying what is missing) or ``auto``
         (the GPU when one is usable, else the CPU).
     model_threads : int
-        ONNX backend: threads per prediction; 0 (default): ONNX Runtime's choice, one
-        per physical core.  With several worker processes on few cores, 1 avoids
-        oversubscription.
+        ONNX backends: threads per prediction; 0 (default): with one worker process
+        ONNX Runtime's choice, one per physical core; with ``processes: N``, the CPUs
+        shared out between the N processes, at least 1 each
+        (:func:`worker.model.artifact.threads_per_process`).
     model_memory_fraction : float or None
         JAX backend on a GPU: share of the GPU's memory each worker process reserves
         at start (``XLA_PYTHON_CLIENT_MEM_FRACTION``), 0 < x ≤ 1; ``processes`` times it

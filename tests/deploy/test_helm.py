@@ -330,8 +330,8 @@ def test_default_is_a_deployment_with_probes_resources_and_scrape_annotations(
     worker = container(objects)
     assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert worker["resources"] == {"requests": {"cpu": "1200m", "memory": "448Mi"},
-                                   "limits": {"memory": "576Mi"}}
+    assert worker["resources"] == {"requests": {"cpu": "1200m", "memory": "320Mi"},
+                                   "limits": {"memory": "448Mi"}}
     assert not by_kind(objects, "ScaledObject") and not by_kind(objects, "ServiceMonitor")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"

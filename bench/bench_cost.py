@@ -14,7 +14,8 @@ same bundled model (or ``--model``) and one CPU core:
     compiled in ``native/`` when built, ``STAMP_NATIVE=0`` for the pure-Python path),
     one model call per batch of ``--batch`` alerts on the worker's model backend
     (``--backend``, by default what the worker chooses: ONNX Runtime for the bundled
-    model), and the label record
+    model; several backends give a worker column each, measured in the same run; ONNX
+    Runtime with one thread, as the process has one core), and the label record
     (:func:`worker.stream.output.label_record` + :func:`worker.stream.output.encode_label`).
 
 Each stage is timed with :func:`time.process_time` (CPU time of every thread of the
@@ -26,7 +27,7 @@ broker's CPU per alert through a real broker.
 Run from the repository root::
 
     .venv/bin/python bench/bench_cost.py [--repeat 3] [--batch 256] [--model DIR]
-        [--backend auto|onnx|keras|jax]
+        [--backend auto|onnx|onnx-int8|keras|jax ...]
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per stage")
     parser.add_argument("--batch", type=int, default=256, help="the worker's batch size")
     parser.add_argument("--model", help="model artifact (default: the bundled model)")
-    parser.add_argument("--backend", default="auto",
+    parser.add_argument("--backend", nargs="+", default=["auto"],
                         choices=("auto", "onnx", "onnx-int8", "keras", "jax"),
                         help="the worker's model backend (default auto, as the worker); "
                         "the reference always runs Keras on TensorFlow")
@@ -104,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench_cost: no data folder at {data}: give --data")
     wl = load_workload(data)
     n = wl.n_alerts
-    model = StampModel.load(args.model, backend=args.backend)
-    model.warm_up(args.batch)
+    # One thread: bench_decode pinned this process to one core.
+    models = [StampModel.load(args.model, backend=b, threads=1) for b in args.backend]
+    for model in models:
+        model.warm_up(args.batch)
+    model = models[0]
     reference_model = StampModel.load(args.model, backend="keras")
     reference_model.warm_up(1)
 
@@ -163,47 +167,64 @@ def main(argv: list[str] | None = None) -> int:
         for a in alerts:
             prepare_alert(a, CONFIG)
 
-    def our_model() -> None:
-        for i in range(0, n, args.batch):
-            model.predict(images[i:i + args.batch], features[i:i + args.batch])
+    def our_model(model: StampModel) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(0, n, args.batch):
+                model.predict(images[i:i + args.batch], features[i:i + args.batch])
+        return run
 
-    def our_record() -> None:
-        for a, p in zip(alerts, probabilities, strict=True):
-            encode_label(label_record(a, p, "cnn", model.name, model.version, "1", [],
-                                      0, 0, source))
+    def our_record(model: StampModel) -> Callable[[], None]:
+        def run() -> None:
+            for a, p in zip(alerts, probabilities, strict=True):
+                encode_label(label_record(a, p, "cnn", model.name, model.version, "1", [],
+                                          0, 0, source))
+        return run
 
-    # (name, reference, worker, counted in the totals)
+    # (name, reference, the worker's stage for each model or None, counted in the totals);
+    # the stages before the model are the same for every backend: measured once.
+    def same(func: Callable[[], None]) -> list[Callable[[], None]]:
+        return [func] * len(models)
+
     rows = [
-        ("Avro decode", ref_avro, our_avro, True),
+        ("Avro decode", ref_avro, same(our_avro), True),
         ("cutouts → model input (gunzip, FITS, preprocessing, features)", ref_input,
-         our_prepare, True),
+         same(our_prepare), True),
         ("  of which gunzip + FITS", ref_stamps, None, False),
         ("  of which preprocessing", ref_prep, None, False),
         ("  of which metadata features", ref_feat, None, False),
-        ("model", ref_model, our_model, True),
-        ("label record", None, our_record, True),
+        ("model", ref_model, [our_model(m) for m in models], True),
+        ("label record", None, [our_record(m) for m in models], True),
     ]
     print(f"CPU: {cpu_model()}, one core; {n} real alerts of {data}; model {model.name} "
-          f"v{model.version}; reference: one model call per alert, keras backend; worker: "
-          f"batches of {args.batch}, {model.backend} backend; median of {args.repeat} "
-          f"passes; native path {'on' if native.ENABLED else 'off (pure Python)'}\n")
-    print("| stage | reference µs/alert | worker µs/alert | ratio |")
-    print("|---|---:|---:|---:|")
-    totals = [0.0, 0.0]
+          f"v{model.manifest.version}; reference: one model call per alert, keras backend; "
+          f"worker: batches of {args.batch}, one thread; median of {args.repeat} passes; "
+          f"native path {'on' if native.ENABLED else 'off (pure Python)'}\n")
+    heads = "".join(f" worker ({m.backend}) µs/alert | ratio |" for m in models)
+    print(f"| stage | reference µs/alert |{heads}")
+    print("|---|---:|" + "---:|---:|" * len(models))
+    totals = [0.0] * (1 + len(models))
     for name, ref, ours, counted in rows:
-        cells = []
-        for k, func in enumerate((ref, ours)):
+        cells: list[float | None] = []
+        measured: dict[int, float] = {}
+        for k, func in enumerate([ref, *(ours or [None] * len(models))]):
             if func is None:
                 cells.append(None)
                 continue
-            value = cpu_per_call(func, args.repeat) / n * 1e6
+            if id(func) not in measured:
+                measured[id(func)] = cpu_per_call(func, args.repeat) / n * 1e6
+            value = measured[id(func)]
             totals[k] += value if counted else 0.0
             cells.append(value)
-        ratio = f"{cells[0] / cells[1]:.1f}×" if None not in cells else ""
-        shown = ["—" if c is None else f"{c:,.0f}" for c in cells]
-        print(f"| {name} | {shown[0]} | {shown[1]} | {ratio} |")
-    print(f"| **total** | **{totals[0]:,.0f}** | **{totals[1]:,.0f}** | "
-          f"**{totals[0] / totals[1]:.1f}×** |")
+        line = f"| {name} | {'—' if cells[0] is None else f'{cells[0]:,.0f}'} |"
+        for cell in cells[1:]:
+            ratio = (f"{cells[0] / cell:.1f}×" if cell is not None and cells[0] is not None
+                     else "")
+            line += f" {'—' if cell is None else f'{cell:,.0f}'} | {ratio} |"
+        print(line)
+    line = f"| **total** | **{totals[0]:,.0f}** |"
+    for total in totals[1:]:
+        line += f" **{total:,.0f}** | **{totals[0] / total:.1f}×** |"
+    print(line)
     return 0
 
 

@@ -4,7 +4,7 @@
 weights and activations of the convolutions, dense layers, ReLUs and poolings in 8 bits
 (ONNX "QDQ" form, signed 8-bit, the weights per output channel and within 7 bits), with
 activation ranges calibrated on real stamps.  ONNX Runtime then runs the convolutions with integer
-instructions (VNNI where the CPU has them), which takes about 0.6 of the float model's
+instructions (VNNI where the CPU has them), which takes 0.56–0.79 of the float model's
 CPU time per alert (README, Performance).
 
 Quantization moves the probabilities a little, so the copy is checked against the

@@ -23,7 +23,7 @@ Four backends run the model: ``keras`` (Keras 3, so the same artifact runs with
 ``KERAS_BACKEND`` says: on the CPU or, with JAX's CUDA plugin, on a GPU), ``onnx``
 (ONNX Runtime on ``model.onnx``; neither TensorFlow nor Keras is imported, which saves
 about 0.7 GB of resident memory and 3 s of start-up per process) and ``onnx-int8``
-(ONNX Runtime on ``model.int8.onnx``, on the CPU: about half the model's CPU time, with
+(ONNX Runtime on ``model.int8.onnx``, on the CPU: 0.56–0.79 of the model's CPU time, with
 slightly different probabilities).  ``auto`` picks ``onnx`` when the artifact has a
 listed ``model.onnx`` and ``keras`` otherwise.
 

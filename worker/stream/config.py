@@ -981,7 +981,7 @@ class WorkerConfig:
         instead of 1.2 GB, ready in about a second), ``keras`` (Keras on TensorFlow),
         ``jax`` (Keras on JAX, on the CPU or a GPU: the worker sets ``KERAS_BACKEND=jax``
         before Keras is imported), ``onnx-int8`` (ONNX Runtime on the artifact's 8-bit
-        ``model.int8.onnx``, CPU only: about half the model's CPU time, top class equal
+        ``model.int8.onnx``, CPU only: 0.56–0.79 of the model's CPU time, top class equal
         to the float model's on the share of real alerts its manifest states; labels
         say ``+int8`` in ``model_version``), or ``auto`` (default: ``onnx`` when the
         artifact lists a ``model.onnx``, else ``keras``).

@@ -107,10 +107,12 @@ SHORT_SESSION = {"session.timeout.ms": 6000}
 def write_config(path: Path, bootstrap: str, topics: dict[str, str], group: str,
                  model_dir: Path, decode_processes: int = 0, max_messages: int = 64,
                  commit_interval_ms: int = 0, consumer: dict[str, int] | None = None,
-                 **extra: str) -> Path:
+                 producer: dict[str, int] | None = None, **extra: str) -> Path:
+    """A worker configuration file; ``consumer``/``producer``: librdkafka settings."""
     lines = [
         "kafka:", f"  bootstrap_servers: '{bootstrap}'",
         *([f"  consumer: {json.dumps(consumer)}"] if consumer else []),
+        *([f"  producer: {json.dumps(producer)}"] if producer else []),
         "topics:", f"  input: [{topics['input']}]", f"  output: {topics['output']}",
         f"  dead_letter: {topics['dlq']}",
         f"group_id: {group}",

@@ -84,18 +84,6 @@ class Running:
         return code
 
 
-def _kafka_settings(config: Path, consumer: dict[str, int], producer: dict[str, int]) -> Path:
-    """Add librdkafka settings to a file written by ``write_config``."""
-    def inline(settings: dict[str, int]) -> str:
-        return "{" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}"
-
-    text = config.read_text().replace(
-        "kafka:\n", f"kafka:\n  consumer: {inline(consumer)}\n  producer: {inline(producer)}\n",
-        1)
-    config.write_text(text)
-    return config
-
-
 def _done(bootstrap: str, group: str, topic: str, partitions: int) -> int:
     return sum(max(o, 0) for o in committed(bootstrap, group, topic, partitions))
 
@@ -132,10 +120,9 @@ def test_a_restarted_static_member_takes_its_partitions_back_at_once(
     topics = {"input": topic_factory("alerts", partitions=3),
               "output": topic_factory("labels"), "dlq": topic_factory("dead")}
     group = f"worker-{uuid.uuid4().hex[:8]}"
-    config = _kafka_settings(
-        write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
-                     instance_id="stamp-worker-0"),
-        consumer={"session.timeout.ms": 45000}, producer={})
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          consumer={"session.timeout.ms": 45000},
+                          instance_id="stamp-worker-0")
     first_set = [synthetic_alert(seed) for seed in range(600)]
     second_set = [synthetic_alert(seed) for seed in range(600, 700)]
     produce(kafka_bootstrap, topics["input"], first_set)
@@ -212,11 +199,10 @@ def test_exactly_once_restart_releases_the_killed_workers_transaction_at_once(
     extra = {"exactly_once": "true"}
     if instance_id is not None:
         extra["instance_id"] = instance_id
-    config = _kafka_settings(
-        write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
-                     max_messages=500, **extra),
-        consumer={"session.timeout.ms": 45000 if instance_id else 6000},
-        producer={"transaction.timeout.ms": 120000})
+    config = write_config(tmp_path / "w.yaml", kafka_bootstrap, topics, group, model_dir,
+                          max_messages=500,
+                          consumer={"session.timeout.ms": 45000 if instance_id else 6000},
+                          producer={"transaction.timeout.ms": 120000}, **extra)
     payloads = [synthetic_alert(seed) for seed in range(1500)]
     produce(kafka_bootstrap, topics["input"], payloads)
     visible = LabelWatch(kafka_bootstrap, topics["output"], "read_committed")

@@ -172,12 +172,11 @@ def quantize_onnx(artifact: str | Path, dataset: StampDataset,
             raise ModelError(f"{artifact}: quantization failed ({exc})") from exc
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
-        float_session = onnxruntime.InferenceSession(str(source), options,
-                                                     providers=["CPUExecutionProvider"])
         int8_session = onnxruntime.InferenceSession(str(candidate), options,
                                                     providers=["CPUExecutionProvider"])
-        checked = {k: v[check] for k, v in inputs.items()}
-        expected, got = _run(float_session, checked), _run(int8_session, checked)
+        # The float model is the one loaded above (its own session and encoding).
+        expected = model.predict(images[check], dataset.features[check])
+        got = _run(int8_session, {k: v[check] for k, v in inputs.items()})
         agreement = float(np.mean(expected.argmax(1) == got.argmax(1)))
         diff = np.abs(expected - got)
         if not agreement >= min_agreement:

@@ -266,6 +266,7 @@ def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampData
                                                                   StampDataset | None]:
     """The FineTuneConfig, the real dataset and the simulated one of ``train-real``/``cv``."""
     from training.finetune import FineTuneConfig
+    from training.models import TRUNK_FILTERS
 
     _check_paths(command, inputs=[args.real, args.sim, args.init_from],
                  folders=[getattr(args, "out", None), getattr(args, "report", None)])
@@ -282,6 +283,7 @@ def _real_config(args: argparse.Namespace, command: str) -> tuple[Any, StampData
                                 init_from=args.init_from, model=args.model,
                                 metadata_branch=args.metadata_branch,
                                 feature_encoding=args.feature_encoding,
+                                trunk_filters=args.trunk_filters or TRUNK_FILTERS,
                                 version=args.version)
     except ValueError as exc:
         raise SystemExit(f"stamp-train {command}: {exc}") from exc
@@ -482,6 +484,9 @@ def _real_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="rotinv: dense layers of its own for the metadata features")
     p.add_argument("--feature-encoding", choices=FEATURE_ENCODINGS, default="log-indicators",
                    help="metadata encoding when not starting from an artifact")
+    p.add_argument("--trunk-filters", type=_filters, default=None, metavar="A,B,C,D",
+                   help="rotinv when not starting from an artifact: filters of the trunk's "
+                        "four convolutions (default 16,32,64,128)")
     p.add_argument("--epochs", type=positive_int, default=45,
                    help="epochs (fixed; choose them by cv)")
     p.add_argument("--per-class", type=positive_int, default=None, metavar="N",

@@ -105,6 +105,13 @@ class FineTuneConfig:
             raise ValueError(f"model must be one of {sorted(BUILDERS)}, got {self.model!r}")
         if not 0.0 <= self.first_detection_share <= 1.0:
             raise ValueError("first_detection_share must be in [0, 1]")
+        if len(self.trunk_filters) != 4 or min(self.trunk_filters) < 1:
+            raise ValueError(f"trunk_filters must be four positive filter counts, "
+                             f"got {self.trunk_filters!r}")
+        if tuple(self.trunk_filters) != TRUNK_FILTERS and (self.model != "rotinv"
+                                                          or self.init_from):
+            raise ValueError("trunk_filters applies to a new rotinv model only (an "
+                             "init_from artifact keeps its own trunk)")
 
 
 _NDETHIST = FEATURE_NAMES.index("ndethist")

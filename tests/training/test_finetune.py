@@ -69,6 +69,9 @@ def test_init_from_starts_at_the_artifact(tmp_path: Path) -> None:
     ({"sim_weight": -1.0}, "must not be negative"),
     ({"model": "resnet"}, "model must be one of"),
     ({"first_detection_share": 1.5}, r"must be in \[0, 1\]"),
+    ({"trunk_filters": (8, 16, 32)}, "four positive filter counts"),
+    ({"model": "baseline", "trunk_filters": (8, 16, 32, 64)}, "new rotinv model only"),
+    ({"init_from": "some/artifact", "trunk_filters": (8, 16, 32, 64)}, "new rotinv model only"),
 ])
 def test_bad_configs_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -88,13 +91,14 @@ def test_train_real_command_cross_validates_and_exports(tmp_path: Path, capsys) 
     out = tmp_path / "artifact"
     assert train_main(["train-real", "--real", str(real), "--simulate", "50", "--epochs", "1",
                        "--per-class", "4", "--sim-per-epoch", "10", "--folds", "2",
-                       "--out", str(out)]) == 0
+                       "--trunk-filters", "8,16,32,64", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "object-grouped 2-fold cross-validation" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     cv = manifest["metrics"]["grouped_cv"]
     assert cv["folds"] == 2 and cv["per_object"]["n"] == 25
     assert manifest["training"]["data"]["real_objects"] == 25
+    assert manifest["training"]["trunk_filters"] == [8, 16, 32, 64]
     assert (out / "report" / "cv_confusion.png").is_file()
     StampModel.load(out)
 

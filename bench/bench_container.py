@@ -12,12 +12,17 @@ host network) on a topic holding ``--backlog`` alerts (the single-alert ZTF file
   read from the host's ``/proc``) after each quarter of the backlog and its peak
   (``VmHWM``), and the container's cgroup memory (``podman stats``, which counts the page
   cache too) at the end;
-* the drain time (ready to every offset committed) and ``podman stop`` (SIGTERM) to exit,
-  with the exit status.
+* the drain time (ready to every offset committed), the worker's CPU time per alert over
+  it (its process and children, from the host's ``/proc``), and ``podman stop`` (SIGTERM)
+  to exit, with the exit status.
+
+``--env NAME=VALUE`` (repeatable) passes more environment to the worker container, e.g.
+``--env STAMP_NATIVE=0`` to measure the pure-Python decoding path in the same image.
 
 Run from the repository root, as root with podman and runc::
 
     .venv/bin/python bench/bench_container.py [--backlog 20000] [--starts 5]
+        [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -35,7 +40,16 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from common import broker_for_run, cpu_model, data_dir, delete_topics, load_alerts, status_mib
+from common import (
+    broker_for_run,
+    children,
+    cpu_model,
+    cpu_seconds,
+    data_dir,
+    delete_topics,
+    load_alerts,
+    status_mib,
+)
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -122,7 +136,13 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="shared data folder (default ../shared/data)")
     parser.add_argument("--image", help="image (default: the one deploy/docker/build.sh "
                         "builds or keeps)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="more environment for the worker container, e.g. "
+                             "STAMP_NATIVE=0 (the pure-Python decoding path)")
     args = parser.parse_args()
+    for item in args.env:
+        if "=" not in item or not item.split("=", 1)[0]:
+            parser.error(f"--env {item!r}: expected NAME=VALUE")
     if shutil.which("podman") is None:
         sys.exit("bench_container.py: podman is not installed (apt-get install podman runc "
                  "debootstrap)")
@@ -173,7 +193,8 @@ def main() -> int:
             return ["--env", "STAMP_WORKER_CONFIG=/etc/stamp-worker/worker.yaml",
                     "--volume", f"{config}:/etc/stamp-worker/worker.yaml:ro",
                     "--env", f"STAMP_WORKER__GROUP_ID={group}",
-                    "--env", f"STAMP_WORKER__METRICS__PORT={port}"]
+                    "--env", f"STAMP_WORKER__METRICS__PORT={port}",
+                    *(option for item in args.env for option in ("--env", item))]
 
         # Time to ready: each start on the full topic, a group of its own, stopped at once.
         ready_s = []
@@ -190,6 +211,11 @@ def main() -> int:
         at_ready = wait_ready(port, name)
         pid = int(podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip())
         rss_ready = status_mib(pid)
+
+        def worker_cpu_s() -> float:
+            return sum(cpu_seconds(p) for p in (pid, *children(pid)))
+
+        cpu_at_ready = worker_cpu_s()
         quarters: dict[int, float] = {}
         done = threading.Event()
 
@@ -208,6 +234,7 @@ def main() -> int:
         if not done.wait(600):
             sys.exit("the worker did not commit the whole backlog within 600 s")
         drained = time.monotonic() - at_ready
+        cpu_drain = worker_cpu_s() - cpu_at_ready
         peak = status_mib(pid, "VmHWM")
         cgroup = cgroup_mib(name)
         stop_s, status = stop(name)
@@ -216,7 +243,8 @@ def main() -> int:
         del producer, admin
 
     print(f"image {image}: {size / 1e6:.0f} MB ({size / 1024**2:.0f} MiB); {cpu_model()}")
-    print(f"backlog: {args.backlog} alerts ({source}), {PARTITIONS} partitions")
+    print(f"backlog: {args.backlog} alerts ({source}), {PARTITIONS} partitions; worker "
+          f"environment added: {' '.join(args.env) or 'none'}")
     print(f"ready after `podman run`: median {statistics.median(ready_s):.2f} s "
           f"(min {min(ready_s):.2f}, max {max(ready_s):.2f}; {len(ready_s)} starts); "
           f"drain run {at_ready - began:.2f} s")
@@ -226,7 +254,8 @@ def main() -> int:
     print(f"container cgroup memory at the end (podman stats, page cache included): "
           f"{cgroup:.0f} MiB")
     print(f"drain: {args.backlog} alerts committed {drained:.1f} s after ready "
-          f"({args.backlog / drained:.0f} alerts/s)")
+          f"({args.backlog / drained:.0f} alerts/s); worker CPU {cpu_drain:.1f} s, "
+          f"{cpu_drain / args.backlog * 1e6:,.0f} µs per alert")
     print(f"podman stop (SIGTERM): exited in {stop_s:.1f} s with status {status}")
     return 0 if status == "0" else 1
 

@@ -8,7 +8,8 @@
 # where a registry is reachable), else the minimal Debian that make-base.sh makes from
 # Debian's archive (no registry needed; made once per machine). Needs root, podman, runc
 # (crun fails on some kernels' cgroups; $STAMP_OCI_RUNTIME picks another) and network
-# access to PyPI (and to Debian's archive for the local base). A CA bundle for a
+# access to PyPI (and to Debian's archive for the local base); cargo (with $PYTHON, default
+# python3, and its pip) for the compiled decoding path. A CA bundle for a
 # TLS-intercepting proxy goes to pip as a build secret ($PIP_CA, default the system's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,10 +30,18 @@ base_id="$(podman image inspect --format '{{.Id}}' "$base" 2>/dev/null)" || {
   exit 1
 }
 
-# Inputs: the base, the Dockerfile, and what .dockerignore lets into the context.
+# The compiled decoding path goes in as a wheel of native/ built here (the image has no
+# Rust toolchain), where cargo is; without it the image decodes in pure Python.
+python="${PYTHON:-python3}"
+native=no
+command -v cargo >/dev/null 2>&1 && native=yes
+
+# Inputs: the base, the Dockerfile, what .dockerignore lets into the context, and the
+# sources of the native wheel (the wheel itself is rebuilt only with the image).
 inputs="$( {
-  echo "$base_id"
+  echo "$base_id native=$native"
   find deploy/docker/Dockerfile .dockerignore pyproject.toml README.md schemas training worker \
+    native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src \
     -type f ! -path '*/__pycache__/*' ! -name '*.py[cod]' ! -path 'worker/model/*/report/*' \
     -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-12)"
@@ -41,6 +50,17 @@ image="localhost/stamp-worker:$inputs"
 if podman image exists "$image"; then
   echo "image $image exists (same inputs): kept" >&2
 else
+  rm -f deploy/docker/wheels/stamp_native-*.whl
+  if [ "$native" = yes ]; then
+    start=$SECONDS
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir deploy/docker/wheels ./native >&2 || {
+      echo "build.sh: building the wheel of native/ failed (above); PATH without cargo builds the image without the compiled path" >&2
+      exit 1
+    }
+    echo "wheel of native/ built in $((SECONDS - start)) s" >&2
+  else
+    echo "build.sh: cargo not found: the image decodes with the pure-Python path" >&2
+  fi
   ca="${PIP_CA:-/etc/ssl/certs/ca-certificates.crt}"
   secret=()
   [ -s "$ca" ] && secret=(--secret "id=pip-ca,src=$ca")

@@ -197,16 +197,17 @@ def run(config_path: str | None, until_idle_s: float | None = None) -> int:
                             what=f"kafka.bootstrap_servers (or {ENV_BOOTSTRAP})")
         except ClusterError as exc:
             raise SystemExit(f"stamp-worker run: {exc}") from exc
+        threads = threads_per_process(config.model_threads, config.processes)
         try:
             model = StampModel.load(config.model_path, backend=config.model_backend,
-                                    device=config.model_device,
-                                    threads=threads_per_process(config.model_threads,
-                                                                config.processes),
+                                    device=config.model_device, threads=threads,
                                     memory_fraction=config.model_memory_fraction)
         except ModelError as exc:
             raise SystemExit(f"stamp-worker run: model: {exc}") from exc
-        log.info("model %s v%s from %s (%s backend, %s)", model.name, model.version,
-                 model.path, model.backend, model.device)
+        log.info("model %s v%s from %s (%s backend, %s%s)", model.name, model.version,
+                 model.path, model.backend, model.device,
+                 f", {threads} thread{'s' * (threads > 1)} per prediction"
+                 if threads and model.backend.startswith("onnx") else "")
         schema_registry = (ConfluentSchemaRegistry(config.registry.url, config.registry.client)
                            if config.registry.url else None)
         try:

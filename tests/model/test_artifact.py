@@ -320,9 +320,41 @@ def test_threads_per_process_shares_the_cpus_between_processes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
+    import worker.model.artifact as artifact
     from worker.model.artifact import threads_per_process
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(artifact, "cpu_limit", lambda: None)  # no container limit
     assert threads_per_process(0, 1) == 0  # ONNX Runtime's default
     assert [threads_per_process(0, n) for n in (2, 3, 8, 16)] == [4, 2, 1, 1]
     assert threads_per_process(3, 2) == 3  # a configured number is kept
+    # A container limit caps them: ONNX Runtime alone would count the machine's 8 cores.
+    assert threads_per_process(0, 1, limit=1.5) == 1
+    assert threads_per_process(0, 1, limit=4.0) == 4
+    assert [threads_per_process(0, n, limit=4.0) for n in (2, 3, 8)] == [2, 1, 1]
+    assert threads_per_process(0, 1, limit=0.25) == 1
+    assert threads_per_process(0, 1, limit=64.0) == 8  # never more than it may run on
+    assert threads_per_process(2, 1, limit=1.0) == 2  # a configured number is kept
+    monkeypatch.setattr(artifact, "cpu_limit", lambda: 2.0)
+    assert threads_per_process(0, 1) == 2  # read from the cgroup by default
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, docker run --cpus 1.5
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # v1
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+     0.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage\n"}, None),  # unreadable: no limit assumed
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "0\n"}, None),
+    ({}, None),  # no cgroup file system (not Linux, or not mounted)
+])
+def test_cpu_limit_reads_the_containers_cgroup(tmp_path: Path, files: dict[str, str],
+                                               expected: float | None) -> None:
+    from worker.model.artifact import cpu_limit
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_limit(tmp_path) == expected

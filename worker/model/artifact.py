@@ -343,7 +343,47 @@ class _OnnxRunner:
         return self.session.run([self._output], {n: inputs[n] for n in self._inputs})[0]
 
 
-def threads_per_process(threads: int, processes: int) -> int:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU limit of this process's container [CPUs], or None where there is none.
+
+    Read as a container sees its own cgroup: ``cpu.max`` (cgroup v2) or
+    ``cpu/cpu.cfs_quota_us`` over ``cpu/cpu.cfs_period_us`` (v1), which ``docker run
+    --cpus``, ``podman run --cpus`` and a Kubernetes ``resources.limits.cpu`` set.  The
+    CPUs a process may be scheduled on (``nproc``) stay those of the whole machine.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        Where the cgroup file system is mounted.
+
+    Returns
+    -------
+    float or None
+        Quota ÷ period, e.g. 1.5; None without a quota or where none can be read.
+    """
+    candidates = [(root / "cpu.max", None),
+                  (root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"),
+                  (root / "cpu,cpuacct" / "cpu.cfs_quota_us",
+                   root / "cpu,cpuacct" / "cpu.cfs_period_us")]
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:  # v2: "QUOTA PERIOD", QUOTA "max" without a limit
+                quota, period = quota_file.read_text().split()[:2]
+            else:  # v1: QUOTA -1 without a limit
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+            if quota in ("max", "-1"):
+                return None
+            value = int(quota) / int(period)
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+        return value if value > 0 else None
+    return None
+
+
+def threads_per_process(threads: int, processes: int, limit: float | None = None) -> int:
     """ONNX Runtime's threads per prediction in one of ``processes`` worker processes.
 
     Parameters
@@ -352,22 +392,32 @@ def threads_per_process(threads: int, processes: int) -> int:
         The configured ``model_threads``; a positive number is kept.
     processes : int
         Worker processes sharing the machine (``processes``).
+    limit : float, optional
+        The container's CPU limit [CPUs]; default :func:`cpu_limit`.
 
     Returns
     -------
     int
-        ``threads`` if positive; else 0 (ONNX Runtime's default: one per physical core)
-        for one process, and for several the CPUs this process may run on shared out
-        between them, at least 1.  Two processes on two cores, each with ONNX Runtime's
-        two threads, spent 1.4–1.8× the CPU per alert of one thread each on the 8-bit
-        model and 1.05–1.3× on the float one (README, Performance): the threads wait on
-        each other while the other process wants the core.
+        ``threads`` if positive.  Else the CPUs this process may use, shared out
+        between the processes, at least 1 each: the CPUs it may run on, capped by the
+        container's CPU limit (whole CPUs; 1.5 gives 1).  With one process and no
+        limit, 0: ONNX Runtime's default, one thread per physical core.  A limit
+        matters: ONNX Runtime counts the machine's cores, not the container's share,
+        and more threads than CPUs wait on each other; two processes on two cores, each
+        with two threads, spent 1.4–1.8× the CPU per alert of one thread each on the
+        8-bit model and 1.05–1.3× on the float one (README, Performance).
     """
-    if threads > 0 or processes <= 1:
+    if threads > 0:
         return threads
+    if limit is None:
+        limit = cpu_limit()
+    if limit is None and processes <= 1:
+        return 0
     cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count() or 1)
-    return max(1, cpus // processes)
+    if limit is not None:
+        cpus = min(cpus, max(1, int(limit)))
+    return max(1, cpus // max(1, processes))
 
 
 def onnx_providers(device: str) -> list[str]:

@@ -485,9 +485,10 @@ class WorkerConfig:
         usable GPU the worker stops with one line saying what is missing) or ``auto``
         (the GPU when one is usable, else the CPU).
     model_threads : int
-        ONNX backends: threads per prediction; 0 (default): with one worker process
-        ONNX Runtime's choice, one per physical core; with ``processes: N``, the CPUs
-        shared out between the N processes, at least 1 each
+        ONNX backends: threads per prediction; 0 (default): the CPUs this process may
+        use shared out between the ``processes``, at least 1 each, capped by the
+        container's CPU limit where it has one (``--cpus``, ``resources.limits.cpu``);
+        with one process and no limit, ONNX Runtime's choice, one per physical core
         (:func:`worker.model.artifact.threads_per_process`).
     model_memory_fraction : float or None
         JAX backend on a GPU: share of the GPU's memory each worker process reserves

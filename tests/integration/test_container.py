@@ -76,6 +76,20 @@ def test_the_image_decodes_with_the_compiled_path_where_cargo_is(image: str) -> 
     assert result.stdout.split() == ["True", "True"]
 
 
+def test_model_threads_follow_the_containers_cpu_limit(image: str) -> None:
+    """``--cpus 1.5`` on this machine: one ONNX Runtime thread, not one per core."""
+    script = ("from worker.model.artifact import cpu_limit, threads_per_process; "
+              "print(cpu_limit(), threads_per_process(0, 1))")
+    limited = podman_run(image, "-c", script, options=(
+        "--no-healthcheck", "--cpus", "1.5", "--entrypoint", "python3"))
+    assert limited.returncode == 0, limited.stderr
+    assert limited.stdout.split() == ["1.5", "1"]
+    free = podman_run(image, "-c", script,
+                      options=("--no-healthcheck", "--entrypoint", "python3"))
+    assert free.returncode == 0, free.stderr
+    assert free.stdout.split() == ["None", "0"]  # ONNX Runtime's own default
+
+
 def _by_alert(jsonl: str) -> dict[tuple[str, int], dict]:
     records = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
     return {(r["objectId"], r["candid"]): r for r in records}

@@ -35,7 +35,7 @@ import numpy as np
 
 from training.data import CLASS_NAMES, StampDataset, dihedral, preprocess_images
 from training.grouped import object_balanced_draw, object_table
-from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
+from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS, check_trunk_filters
 from worker.model.artifact import MANIFEST, MODEL_FILE, StampModel
 from worker.prepare.features import FEATURE_NAMES, FeatureEncoding
 from worker.prepare.stamps import PreprocessConfig
@@ -105,13 +105,7 @@ class FineTuneConfig:
             raise ValueError(f"model must be one of {sorted(BUILDERS)}, got {self.model!r}")
         if not 0.0 <= self.first_detection_share <= 1.0:
             raise ValueError("first_detection_share must be in [0, 1]")
-        if len(self.trunk_filters) != 4 or min(self.trunk_filters) < 1:
-            raise ValueError(f"trunk_filters must be four positive filter counts, "
-                             f"got {self.trunk_filters!r}")
-        if tuple(self.trunk_filters) != TRUNK_FILTERS and (self.model != "rotinv"
-                                                          or self.init_from):
-            raise ValueError("trunk_filters applies to a new rotinv model only (an "
-                             "init_from artifact keeps its own trunk)")
+        check_trunk_filters(self.trunk_filters, self.model, self.init_from)
 
 
 _NDETHIST = FEATURE_NAMES.index("ndethist")

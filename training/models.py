@@ -64,6 +64,33 @@ def build_baseline(input_shape: tuple[int, int, int] = (21, 21, 3),
 TRUNK_FILTERS = (16, 32, 64, 128)
 
 
+def check_trunk_filters(trunk_filters: tuple[int, ...], model: str,
+                        init_from: str | None = None) -> None:
+    """Refuse trunk filters a configuration cannot use (``ValueError``).
+
+    Parameters
+    ----------
+    trunk_filters : tuple of int
+        Filters of the ``rotinv`` trunk's four convolutions.
+    model : str
+        The architecture: other filters than :data:`TRUNK_FILTERS` need ``rotinv`` (the
+        baseline is the seed's fixed architecture).
+    init_from : str, optional
+        An artifact to start from: it keeps its own trunk, so only the default is allowed.
+    """
+    if len(trunk_filters) != 4 or min(trunk_filters) < 1:
+        raise ValueError(f"trunk_filters must be four positive filter counts, "
+                         f"got {trunk_filters!r}")
+    if tuple(trunk_filters) == TRUNK_FILTERS:
+        return
+    if init_from:
+        raise ValueError("trunk_filters applies to a new rotinv model only (an init_from "
+                         "artifact keeps its own trunk)")
+    if model != "rotinv":
+        raise ValueError("trunk_filters applies to a new rotinv model only (the baseline "
+                         "is the seed's fixed architecture)")
+
+
 def build_rotinv(input_shape: tuple[int, int, int] = (21, 21, 3), n_features: int = 26,
                  n_classes: int = N_CLASSES, dropout: float = 0.5,
                  metadata_branch: bool = False,

@@ -30,7 +30,7 @@ from training.data import (
     preprocess_images,
     split_balanced,
 )
-from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS
+from training.models import BUILDERS, MODEL_INPUTS, TRUNK_FILTERS, check_trunk_filters
 from worker.model.artifact import MANIFEST, MANIFEST_FORMAT, MODEL_FILE
 from worker.prepare.features import LOG_SCALED, FeatureEncoding
 from worker.prepare.stamps import PreprocessConfig
@@ -109,12 +109,7 @@ class TrainConfig:
                              f"got {self.feature_encoding!r}")
         if self.metadata_branch and self.model != "rotinv":
             raise ValueError("metadata_branch needs a model with features (rotinv)")
-        if len(self.trunk_filters) != 4 or min(self.trunk_filters) < 1:
-            raise ValueError(f"trunk_filters must be four positive filter counts, "
-                             f"got {self.trunk_filters!r}")
-        if tuple(self.trunk_filters) != TRUNK_FILTERS and self.model != "rotinv":
-            raise ValueError("trunk_filters applies to the rotinv model only (the baseline "
-                             "is the seed's fixed architecture)")
+        check_trunk_filters(self.trunk_filters, self.model)
 
 
 def _metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:

@@ -35,8 +35,7 @@ from worker.stream.config.values import (
     _integer,
     _is_secret,
     _key_path,
-    _redact_url,
-    _redacted,
+    _redacted_value,
     _scalar,
     _suggestion,
     _text,
@@ -396,14 +395,8 @@ def to_dict(config: WorkerConfig) -> dict[str, Any]:
     def section(obj: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for item in fields(obj):
-            value = getattr(obj, item.name)
-            if isinstance(value, Mapping):
-                value = _redacted(value)
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, str):
-                value = _redact_url(value)
-            out[item.name] = value
+            value = _redacted_value(getattr(obj, item.name))
+            out[item.name] = list(value) if isinstance(value, tuple) else value
         return out
 
     data = section(config)

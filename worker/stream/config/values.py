@@ -406,15 +406,18 @@ def _redacted(mapping: Mapping[str, Any]) -> dict[str, Any]:
             for key, value in mapping.items()}
 
 
+def _redacted_value(value: Any) -> Any:
+    """A field's value as it may be shown: secrets in a dictionary and in a URL hidden."""
+    if isinstance(value, Mapping):
+        return _redacted(value)
+    if isinstance(value, str):
+        return _redact_url(value)
+    return value
+
+
 def _redacting_repr(obj: Any) -> str:
-    parts = []
-    for item in fields(obj):
-        value = getattr(obj, item.name)
-        if isinstance(value, Mapping):
-            value = _redacted(value)
-        elif isinstance(value, str):
-            value = _redact_url(value)
-        parts.append(f"{item.name}={value!r}")
+    parts = [f"{item.name}={_redacted_value(getattr(obj, item.name))!r}"
+             for item in fields(obj)]
     return f"{type(obj).__name__}({', '.join(parts)})"
 
 
